@@ -1,0 +1,1 @@
+"""rnnlab's REST service: settings, database, run lifecycle, workers, inference and routes."""

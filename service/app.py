@@ -1,0 +1,165 @@
+"""The FastAPI application: lifespan (migrate, workers), routes, errors, offline Swagger UI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import swagger_ui_bundle
+import torch
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import db as database
+from service import lifecycle, problems
+from service.inference import ModelCache
+from service.routes import health, predict, runs
+from service.settings import Settings, get_settings
+from service.workers import WorkerPool, local_worker_is_dead
+
+log = logging.getLogger("rnnlab.api")
+DOCS_ASSETS = "/docs-assets"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `max_bytes` with 413, before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = problems.problem_response(
+            request, 413, f"request body over {self.max_bytes} bytes (RNNLAB_MAX_BODY_BYTES)"
+        )
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, start_workers: bool = True) -> FastAPI:
+    """Build the app; its lifespan migrates the database and runs the local worker pool."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database.Database(settings)
+        database.upgrade(db.engine)
+        # Runs left `running` by a previous server whose workers are gone go back to the queue.
+        lifecycle.reap_stale(
+            db,
+            timeout_s=settings.heartbeat_timeout_s,
+            max_requeues=settings.max_requeues,
+            is_dead=local_worker_is_dead,
+        )
+        # Inference in the API process stays on one thread; the cores belong to the workers.
+        torch.set_num_threads(1)
+        app.state.db = db
+        app.state.settings = settings
+        app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.pool = None
+        if start_workers and settings.workers > 0:
+            app.state.pool = WorkerPool(settings, db).start()
+        log.info("rnnlab ready: %s, %d local workers", settings.database_url, settings.workers)
+        try:
+            yield
+        finally:
+            if app.state.pool is not None:
+                log.info("stopping workers: running runs go back to the queue")
+                app.state.pool.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="rnnlab",
+        version="0.1.0",
+        summary="Train small recurrent networks on the dynamic adding problem; predict per step.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(runs.router)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="rnnlab – Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    _add_problem_schema(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    """Make 422 responses in /openapi.json point at the problem schema, not FastAPI's default."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        for path in schema.get("paths", {}).values():
+            for op in path.values():
+                resp = op.get("responses", {}).get("422")
+                if resp is not None:
+                    resp["description"] = "Invalid request: the offending fields are in `errors`"
+                    resp["content"] = {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    }
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

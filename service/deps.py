@@ -1,0 +1,44 @@
+"""FastAPI dependencies: settings, sessions, the model cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.inference import ModelCache
+from service.settings import Settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A read session; service functions that write use get_write_session."""
+    with get_db(request).reading() as session:
+        yield session
+
+
+def get_write_session(request: Request) -> Iterator[Session]:
+    """A session that holds the database write lock and commits when the route returns."""
+    with get_db(request).writing() as session:
+        yield session
+
+
+def get_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CacheDep = Annotated[ModelCache, Depends(get_cache)]
+DbDep = Annotated[Database, Depends(get_db)]

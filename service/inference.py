@@ -1,0 +1,92 @@
+"""Predictions from stored checkpoints; loaded models are cached (bounded LRU)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from sqlalchemy.orm import Session
+
+from models import build_model, predict
+from service.problems import invalid
+from service.runs import get_run_or_404, read_checkpoint, require_succeeded
+from service.settings import Settings
+
+
+def load_model(data: bytes, *, kind: str, hidden_size: int) -> torch.nn.Module:
+    """Rebuild a network from safetensors bytes (never unpickles)."""
+    model = build_model(kind, n_hidden=hidden_size)
+    model.load_state_dict(load_safetensors(data), strict=True)
+    return model.eval()
+
+
+class ModelCache:
+    """At most `size` loaded models, least recently used evicted; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times weights were read from the database
+
+    def get(self, session: Session, run_id: str) -> torch.nn.Module:
+        with self._lock:
+            model = self._models.get(run_id)
+            if model is not None:
+                self._models.move_to_end(run_id)
+                return model
+        run = get_run_or_404(session=session, run_id=run_id)
+        require_succeeded(run)
+        data = read_checkpoint(session=session, run_id=run_id)
+        model = load_model(data, kind=run.model, hidden_size=run.config["hidden_size"])
+        with self._lock:
+            self.loads += 1
+            self._models[run_id] = model
+            self._models.move_to_end(run_id)
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return model
+
+
+def check_predict_limits(sequences: list[list[list[float]]], settings: Settings) -> None:
+    if len(sequences) > settings.max_predict_sequences:
+        raise invalid(
+            [
+                {
+                    "loc": ["body", "sequences"],
+                    "msg": f"at most {settings.max_predict_sequences} sequences per request",
+                    "type": "limit_exceeded",
+                }
+            ]
+        )
+    steps = sum(len(s) for s in sequences)
+    if steps > settings.max_predict_steps:
+        raise invalid(
+            [
+                {
+                    "loc": ["body", "sequences"],
+                    "msg": f"{steps} steps in all; at most {settings.max_predict_steps} "
+                    "per request",
+                    "type": "limit_exceeded",
+                }
+            ]
+        )
+
+
+def run_predict(
+    *,
+    session: Session,
+    cache: ModelCache,
+    settings: Settings,
+    run_id: str,
+    sequences: list[list[list[float]]],
+) -> list[list[float]]:
+    """One output per time step of each sequence, from a succeeded run's weights."""
+    check_predict_limits(sequences, settings)
+    model = cache.get(session, run_id)
+    arrays = [np.asarray(s, dtype=np.float32) for s in sequences]
+    outputs = predict(model, arrays)
+    return [o[:, 0].astype(np.float64).tolist() for o in outputs]

@@ -1,0 +1,232 @@
+"""The run lifecycle's writes: claim, heartbeat, per-epoch losses, final states, reaping.
+
+The database row is the truth. A claim is one conditional UPDATE that also increments
+`attempt`; every later write is conditioned on (id, attempt, status running), so a worker
+that lost its claim (re-queued as stale, or cancelled) cannot write anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.tables import Checkpoint, EpochLoss, Run, RunStatus, utcnow
+
+log = logging.getLogger("rnnlab.lifecycle")
+
+
+class LostClaim(Exception):
+    """This worker no longer owns the run (re-queued elsewhere, or ended)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    attempt: int
+    worker_id: str
+    config: dict[str, Any]
+
+
+def _owned(claim: Claim) -> Any:
+    return (
+        (Run.id == claim.run_id)
+        & (Run.attempt == claim.attempt)
+        & (Run.status == RunStatus.running)
+    )
+
+
+def _update_owned(session: Session, claim: Claim, **values: Any) -> None:
+    if session.execute(update(Run).where(_owned(claim)).values(**values)).rowcount != 1:
+        raise LostClaim(f"run {claim.run_id} attempt {claim.attempt} is no longer ours")
+
+
+def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim | None:
+    """Take the oldest queued run (or `run_id` if it is queued); None when there is none."""
+    with db.writing() as session:
+        if run_id is None:
+            run_id = session.scalar(
+                select(Run.id)
+                .where(Run.status == RunStatus.queued)
+                .order_by(Run.created_at, Run.id)
+                .limit(1)
+            )
+            if run_id is None:
+                return None
+        now = utcnow()
+        taken = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.queued)
+            .values(
+                status=RunStatus.running,
+                attempt=Run.attempt + 1,
+                worker_id=worker_id,
+                started_at=now,
+                heartbeat_at=now,
+                epochs_completed=0,
+                train_loss=None,
+                valid_loss=None,
+            )
+        ).rowcount
+        if taken != 1:
+            return None
+        # A re-queued run restarts from epoch 1: its history must hold each epoch once.
+        session.execute(delete(EpochLoss).where(EpochLoss.run_id == run_id))
+        attempt, config = session.execute(
+            select(Run.attempt, Run.config).where(Run.id == run_id)
+        ).one()
+    return Claim(run_id=run_id, attempt=attempt, worker_id=worker_id, config=config)
+
+
+def heartbeat(db: Database, c: Claim) -> None:
+    with db.writing() as session:
+        _update_owned(session, c, heartbeat_at=utcnow())
+
+
+def set_device(db: Database, c: Claim, device: str) -> None:
+    with db.writing() as session:
+        _update_owned(session, c, device=device, heartbeat_at=utcnow())
+
+
+def record_epoch(db: Database, c: Claim, epoch: int, train_loss: float, valid_loss: float) -> bool:
+    """Store one epoch's losses the moment it ends; return whether a cancel was requested."""
+    with db.writing() as session:
+        _update_owned(
+            session,
+            c,
+            epochs_completed=epoch,
+            train_loss=train_loss,
+            valid_loss=valid_loss,
+            heartbeat_at=utcnow(),
+        )
+        session.add(
+            EpochLoss(run_id=c.run_id, epoch=epoch, train_loss=train_loss, valid_loss=valid_loss)
+        )
+        return bool(session.scalar(select(Run.cancel_requested).where(Run.id == c.run_id)))
+
+
+def cancel_requested(db: Database, c: Claim) -> bool:
+    with db.reading() as session:
+        return bool(session.scalar(select(Run.cancel_requested).where(Run.id == c.run_id)))
+
+
+def finish_succeeded(
+    db: Database, c: Claim, *, metrics: dict[str, float | None], checkpoint: bytes
+) -> None:
+    """Weights, test metrics and the final status, in one transaction."""
+    with db.writing() as session:
+        _update_owned(
+            session,
+            c,
+            status=RunStatus.succeeded,
+            finished_at=utcnow(),
+            heartbeat_at=None,
+            error=None,
+            **metrics,
+        )
+        session.merge(Checkpoint(run_id=c.run_id, data=checkpoint, created_at=utcnow()))
+
+
+def finish_cancelled(db: Database, c: Claim) -> None:
+    with db.writing() as session:
+        _update_owned(
+            session, c, status=RunStatus.cancelled, finished_at=utcnow(), heartbeat_at=None
+        )
+
+
+def finish_failed(db: Database, c: Claim, error: str) -> None:
+    with db.writing() as session:
+        _update_owned(
+            session,
+            c,
+            status=RunStatus.failed,
+            finished_at=utcnow(),
+            heartbeat_at=None,
+            error=error[:4000],
+        )
+
+
+def requeue(db: Database, c: Claim) -> None:
+    """Hand a run back to the queue (a shutdown, not a failure: `requeues` is unchanged)."""
+    with db.writing() as session:
+        _update_owned(session, c, status=RunStatus.queued, worker_id=None, heartbeat_at=None)
+
+
+def _lose(session: Session, rows: list[Any], *, reason: str, max_requeues: int) -> dict[str, str]:
+    """Re-queue runs whose worker is gone, or fail them once they were re-queued too often."""
+    now = utcnow()
+    outcome: dict[str, str] = {}
+    for run_id, attempt, requeues, cancel in rows:
+        where = (Run.id == run_id) & (Run.attempt == attempt) & (Run.status == RunStatus.running)
+        if cancel:
+            values: dict[str, Any] = {"status": RunStatus.cancelled, "finished_at": now}
+        elif requeues >= max_requeues:
+            values = {
+                "status": RunStatus.failed,
+                "finished_at": now,
+                "error": f"{reason}, and the run was already re-queued {requeues} times "
+                f"(limit {max_requeues})",
+            }
+        else:
+            values = {"status": RunStatus.queued, "requeues": requeues + 1}
+        values.update(worker_id=None, heartbeat_at=None)
+        if session.execute(update(Run).where(where).values(**values)).rowcount:
+            outcome[run_id] = values["status"].value
+            log.warning("run %s: %s; now %s", run_id, reason, outcome[run_id])
+    return outcome
+
+
+_LOSE_COLUMNS = (Run.id, Run.attempt, Run.requeues, Run.cancel_requested)
+
+
+def lose_worker_runs(db: Database, worker_id: str, *, max_requeues: int) -> dict[str, str]:
+    """Re-queue (or fail) the running runs of a worker known to be dead."""
+    with db.writing() as session:
+        rows = session.execute(
+            select(*_LOSE_COLUMNS).where(
+                Run.status == RunStatus.running, Run.worker_id == worker_id
+            )
+        ).all()
+        return _lose(
+            session, list(rows), reason=f"worker {worker_id} died", max_requeues=max_requeues
+        )
+
+
+def reap_stale(
+    db: Database,
+    *,
+    timeout_s: float,
+    max_requeues: int,
+    is_dead: Any = None,
+) -> dict[str, str]:
+    """Re-queue running runs whose heartbeat is older than `timeout_s`; fail those past the limit.
+
+    `is_dead(worker_id)` may say early that a worker is certainly gone (a local process that no
+    longer exists); its runs are then lost at once instead of after the timeout.
+    Returns {run_id: new status}. A lost run whose cancel was requested ends cancelled.
+    """
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    with db.writing() as session:
+        stale = session.execute(
+            select(*_LOSE_COLUMNS).where(Run.status == RunStatus.running, Run.heartbeat_at < cutoff)
+        ).all()
+        outcome = _lose(
+            session,
+            list(stale),
+            reason=f"worker lost: no heartbeat for {timeout_s:g} s",
+            max_requeues=max_requeues,
+        )
+        if is_dead is not None:
+            running = session.execute(
+                select(*_LOSE_COLUMNS, Run.worker_id).where(Run.status == RunStatus.running)
+            ).all()
+            dead = [r[:4] for r in running if r[4] and is_dead(r[4])]
+            outcome.update(
+                _lose(session, dead, reason="its worker process is gone", max_requeues=max_requeues)
+            )
+    return outcome

@@ -1,0 +1,45 @@
+"""/healthz and /readyz."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service import db as database
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def read_health() -> Health:
+    """The process answers."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz", response_model=Health, responses={503: {"model": Health, "description": "Not ready"}}
+)
+def read_ready(request: Request) -> JSONResponse:
+    """Ready: the database answers and is at the migration head, and the workers are alive."""
+    state = request.app.state
+    checks: dict[str, object] = {}
+    ok = True
+    try:
+        current = database.current_revision(state.db.engine)
+        head = database.head_revision()
+        checks["database"] = "ok"
+        checks["migration"] = {"current": current, "head": head}
+        ok = current == head
+    except Exception as e:
+        checks["database"] = f"unreachable: {type(e).__name__}"
+        ok = False
+    pool = state.pool
+    if pool is None:
+        checks["workers"] = {"local": 0, "note": "RNNLAB_WORKERS=0: runs need `rnnlab worker`"}
+    else:
+        alive = pool.alive()
+        checks["workers"] = {"alive": alive, "configured": pool.size}
+        ok = ok and alive == pool.size
+    body = Health(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)

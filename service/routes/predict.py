@@ -1,0 +1,35 @@
+"""/predict and /scalar-rnn: outputs per time step."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from models import scalar_rnn
+from service.deps import CacheDep, SessionDep, SettingsDep
+from service.inference import run_predict
+from service.routes.common import problems
+from service.schemas import PredictRequest, PredictResponse, ScalarRNNRequest, ScalarRNNResponse
+
+router = APIRouter(tags=["predict"])
+
+
+@router.post("/predict", response_model=PredictResponse, responses=problems(404, 409, 413, 422))
+def create_prediction(
+    body: PredictRequest, session: SessionDep, cache: CacheDep, settings: SettingsDep
+) -> PredictResponse:
+    """Run a succeeded run's network over sequences; one output per time step."""
+    outputs = run_predict(
+        session=session,
+        cache=cache,
+        settings=settings,
+        run_id=body.run_id,
+        sequences=body.sequences,
+    )
+    return PredictResponse(run_id=body.run_id, outputs=outputs)
+
+
+@router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
+def create_scalar_rnn(body: ScalarRNNRequest) -> ScalarRNNResponse:
+    """The notebook's scalar RNN (one sigmoid hidden unit), step by step."""
+    h, y = scalar_rnn(body.x, body.w_i, body.w_h, body.w_o, body.h_bias, body.y_bias)
+    return ScalarRNNResponse(h=h, y=y)

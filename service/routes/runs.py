@@ -1,0 +1,95 @@
+"""/runs: start training runs, follow them, fetch their losses and weights, cancel them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service import runs
+from service.deps import DbDep, SessionDep, SettingsDep
+from service.routes.common import problems
+from service.schemas import Losses, ModelKind, RunCreate, RunList, RunRead
+from service.tables import RunStatus
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=RunRead,
+    responses={
+        202: {
+            "description": "Accepted: queued for a worker",
+            "headers": {"Location": {"description": "/runs/{id}", "schema": {"type": "string"}}},
+        },
+        **problems(413, 422),
+    },
+)
+def create_run(spec: RunCreate, db: DbDep, settings: SettingsDep, response: Response) -> RunRead:
+    """Queue a training run; a worker trains it in the background."""
+    with db.writing() as session:
+        run = runs.create_run(session=session, spec=spec, settings=settings)
+        read = runs.to_read(run)
+    response.headers["Location"] = f"/runs/{read.id}"
+    return read
+
+
+@router.get("", response_model=RunList, responses=problems(422))
+def list_runs(
+    session: SessionDep,
+    status: RunStatus | None = None,
+    model: ModelKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
+    cursor: str | None = None,
+) -> RunList:
+    """List runs, newest first, one page at a time."""
+    items, next_cursor = runs.list_runs(
+        session=session, status=status, model=model, limit=limit, cursor=cursor
+    )
+    return RunList(items=[runs.to_read(r) for r in items], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunRead, responses=problems(404))
+def read_run(session: SessionDep, run_id: str) -> RunRead:
+    """Get one run: its status, config, progress and metrics."""
+    return runs.to_read(runs.get_run_or_404(session=session, run_id=run_id))
+
+
+@router.get("/{run_id}/losses", response_model=Losses, responses=problems(404))
+def read_losses(session: SessionDep, run_id: str) -> Losses:
+    """Per-epoch training and validation loss; grows while the run trains."""
+    return runs.read_losses(session=session, run_id=run_id)
+
+
+@router.post(
+    "/{run_id}/cancel", status_code=202, response_model=RunRead, responses=problems(404, 409)
+)
+def cancel_run(db: DbDep, run_id: str) -> RunRead:
+    """Cancel a run: a queued one at once, a running one at the end of its current epoch."""
+    with db.writing() as session:
+        return runs.to_read(runs.cancel_run(session=session, run_id=run_id))
+
+
+@router.get(
+    "/{run_id}/checkpoint",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "safetensors file; tensor names are the model's state_dict names",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **problems(404, 409),
+    },
+)
+def read_checkpoint(session: SessionDep, run_id: str) -> Response:
+    """Download a succeeded run's trained weights (safetensors)."""
+    data = runs.read_checkpoint(session=session, run_id=run_id)
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}.safetensors"'},
+    )

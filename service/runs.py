@@ -1,0 +1,254 @@
+"""Runs as the API sees them: create, read, list, cancel, losses, checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.training import TrainConfig
+from service.problems import ProblemError, conflict, invalid, not_found
+from service.schemas import Losses, RunConfig, RunCreate, RunMetrics, RunRead
+from service.settings import Settings
+from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus, utcnow
+
+MAX_LIST_LIMIT = 100
+
+
+def check_limits(spec: RunCreate, settings: Settings) -> None:
+    """Refuse (422) a run larger than this server's configured limits."""
+    checks = [
+        (("epochs",), spec.epochs, settings.max_epochs),
+        (("hidden_size",), spec.hidden_size, settings.max_hidden_size),
+        (("batch_size",), spec.batch_size, settings.max_batch_size),
+        (("data", "n_sequences"), spec.data.n_sequences, settings.max_n_sequences),
+        (("data", "seq_len"), spec.data.seq_len, settings.max_seq_len),
+        (("data",), spec.data.n_sequences * spec.data.seq_len, settings.max_data_steps),
+    ]
+    errors = [
+        {
+            "loc": ["body", *loc],
+            "msg": f"must be at most {limit} on this server"
+            + (" (n_sequences × seq_len)" if loc == ("data",) else ""),
+            "type": "limit_exceeded",
+        }
+        for loc, value, limit in checks
+        if value > limit
+    ]
+    if errors:
+        raise invalid(errors)
+
+
+def resolve_config(spec: RunCreate) -> TrainConfig:
+    """The run's full training config; the server picks a seed when none was given."""
+    seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
+    try:
+        return TrainConfig(
+            model=spec.model,
+            hidden_size=spec.hidden_size,
+            epochs=spec.epochs,
+            learning_rate=spec.learning_rate,
+            batch_size=spec.batch_size,
+            seed=seed,
+            device=spec.device,
+            n_sequences=spec.data.n_sequences,
+            seq_len=spec.data.seq_len,
+            marker_probs=spec.data.marker_probs,
+        )
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        loc = ["body", "data", field] if field in ("marker_probs",) else ["body", field]
+        raise invalid([{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
+
+
+def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
+    """The stored (and returned) form of a config: the API's nested shape."""
+    return RunConfig(
+        model=cfg.model,
+        hidden_size=cfg.hidden_size,
+        epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+        data={
+            "n_sequences": cfg.n_sequences,
+            "seq_len": cfg.seq_len,
+            "marker_probs": cfg.marker_probs,
+        },
+    ).model_dump(mode="json")
+
+
+def config_from_json(d: dict[str, Any]) -> TrainConfig:
+    data = d["data"]
+    return TrainConfig(
+        model=d["model"],
+        hidden_size=d["hidden_size"],
+        epochs=d["epochs"],
+        learning_rate=d["learning_rate"],
+        batch_size=d["batch_size"],
+        seed=d["seed"],
+        device=d["device"],
+        n_sequences=data["n_sequences"],
+        seq_len=data["seq_len"],
+        marker_probs=tuple(data["marker_probs"]),
+    )
+
+
+def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
+    """Validate a run against the limits, resolve its config and store it as queued."""
+    check_limits(spec, settings)
+    cfg = resolve_config(spec)
+    run = Run(
+        id=uuid.uuid4().hex,
+        status=RunStatus.queued,
+        model=cfg.model,
+        config=config_to_json(cfg),
+        created_at=utcnow(),
+        epochs_completed=0,
+        attempt=0,
+        requeues=0,
+        cancel_requested=False,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run_or_404(*, session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise not_found("run", run_id)
+    return run
+
+
+def to_read(run: Run) -> RunRead:
+    return RunRead(
+        id=run.id,
+        status=run.status,
+        model=run.model,  # type: ignore[arg-type]
+        config=RunConfig.model_validate(run.config),
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        epochs_completed=run.epochs_completed,
+        attempt=run.attempt,
+        device=run.device,
+        error=run.error,
+        metrics=RunMetrics(
+            train_loss=run.train_loss,
+            valid_loss=run.valid_loss,
+            test_mse=run.test_mse,
+            baseline_mse=run.baseline_mse,
+            marker_mse=run.marker_mse,
+        ),
+    )
+
+
+def _encode_cursor(run: Run) -> str:
+    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), run_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+        raise invalid(
+            [
+                {
+                    "loc": ["query", "cursor"],
+                    "msg": "not a cursor this server issued",
+                    "type": "value_error",
+                }
+            ]
+        ) from e
+
+
+def list_runs(
+    *,
+    session: Session,
+    status: RunStatus | None = None,
+    model: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> tuple[list[Run], str | None]:
+    """Runs newest first, filtered, one page at a time (keyset pagination)."""
+    query = select(Run)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if model is not None:
+        query = query.where(Run.model == model)
+    if cursor:
+        created, run_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(Run.created_at < created, and_(Run.created_at == created, Run.id < run_id))
+        )
+    rows = list(
+        session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1))
+    )
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_run(*, session: Session, run_id: str) -> Run:
+    """Cancel a queued run now, or flag a running one to stop after its current epoch."""
+    run = get_run_or_404(session=session, run_id=run_id)
+    now = utcnow()
+    done = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.queued)
+        .values(status=RunStatus.cancelled, finished_at=now, cancel_requested=True)
+    ).rowcount
+    if not done:
+        done = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.running)
+            .values(cancel_requested=True)
+        ).rowcount
+    session.refresh(run)
+    if not done:
+        raise conflict(f"run {run_id!r} has already ended ({run.status.value}); nothing to cancel")
+    return run
+
+
+def read_losses(*, session: Session, run_id: str) -> Losses:
+    get_run_or_404(session=session, run_id=run_id)
+    rows = session.execute(
+        select(EpochLoss.epoch, EpochLoss.train_loss, EpochLoss.valid_loss)
+        .where(EpochLoss.run_id == run_id)
+        .order_by(EpochLoss.epoch)
+    ).all()
+    return Losses(
+        run_id=run_id,
+        epochs=[r[0] for r in rows],
+        train_loss=[r[1] for r in rows],
+        valid_loss=[r[2] for r in rows],
+    )
+
+
+def require_succeeded(run: Run) -> None:
+    if run.status != RunStatus.succeeded:
+        state = "has ended" if run.status in ENDED else "has not finished"
+        raise ProblemError(
+            409,
+            f"run {run.id!r} {state} ({run.status.value}); only a succeeded run has weights",
+            title="Run not succeeded",
+        )
+
+
+def read_checkpoint(*, session: Session, run_id: str) -> bytes:
+    run = get_run_or_404(session=session, run_id=run_id)
+    require_succeeded(run)
+    data = session.scalar(select(Checkpoint.data).where(Checkpoint.run_id == run_id))
+    if data is None:  # succeeded always stores one, in the same transaction
+        raise conflict(f"run {run_id!r} has no stored checkpoint")
+    return data

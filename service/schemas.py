@@ -1,0 +1,181 @@
+"""Request and response bodies (pydantic v2), apart from the tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from models.data import DEFAULT_MARKER_PROBS
+from models.training import TrainConfig
+from service.tables import RunStatus
+
+_DEFAULTS = TrainConfig()
+
+# Finite JSON numbers only: NaN/Infinity tokens, numeric strings and booleans are refused.
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Count = Annotated[int, Strict()]  # no "5" or true for a count
+Step = Annotated[list[Finite], Field(min_length=2, max_length=2)]
+ModelKind = Literal["elman", "lstm"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Body):
+    n_sequences: Count = Field(default=_DEFAULTS.n_sequences, ge=1, description="per split")
+    seq_len: Count = Field(default=_DEFAULTS.seq_len, ge=1)
+    marker_probs: tuple[Finite, Finite, Finite] = Field(
+        default=DEFAULT_MARKER_PROBS,
+        description="probabilities of the markers -1, 0 and 1; non-negative, summing to 1",
+    )
+
+
+class RunCreate(Body):
+    model: ModelKind
+    hidden_size: Count = Field(default=_DEFAULTS.hidden_size, ge=1)
+    epochs: Count = Field(default=_DEFAULTS.epochs, ge=1)
+    learning_rate: Finite = Field(default=_DEFAULTS.learning_rate, gt=0)
+    batch_size: Count = Field(default=_DEFAULTS.batch_size, ge=1)
+    seed: Count | None = Field(
+        default=None, ge=0, lt=2**63, description="omitted: the server picks and records one"
+    )
+    device: Device = "auto"
+    data: DataSpec = Field(default_factory=DataSpec)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "lstm",
+                    "hidden_size": 2,
+                    "epochs": 300,
+                    "learning_rate": 0.01,
+                    "batch_size": 3,
+                    "seed": 0,
+                    "device": "auto",
+                    "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
+                }
+            ]
+        },
+    )
+
+
+class RunConfig(BaseModel):
+    """A run's fully resolved configuration, seed included."""
+
+    model: ModelKind
+    hidden_size: int
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    device: Device
+    data: DataSpec
+
+
+class RunMetrics(BaseModel):
+    train_loss: float | None = Field(description="last epoch's mean training loss")
+    valid_loss: float | None = Field(description="last epoch's validation MSE")
+    test_mse: float | None
+    baseline_mse: float | None = Field(description="test MSE of always predicting 0")
+    marker_mse: float | None = Field(description="test MSE on marker-1 steps only")
+
+
+class RunRead(BaseModel):
+    id: str
+    status: RunStatus
+    model: ModelKind
+    config: RunConfig
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    epochs_completed: int
+    attempt: int
+    device: str | None
+    error: str | None
+    metrics: RunMetrics
+
+
+class RunList(BaseModel):
+    items: list[RunRead]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+class Losses(BaseModel):
+    run_id: str
+    epochs: list[int]
+    train_loss: list[float]
+    valid_loss: list[float]
+
+
+class PredictRequest(Body):
+    run_id: str = Field(min_length=1, max_length=64)
+    sequences: list[Annotated[list[Step], Field(min_length=1)]] = Field(
+        min_length=1, description="each sequence is a list of [value, marker] steps"
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "run_id": "<id of a succeeded run>",
+                    "sequences": [
+                        [[0.5, 1], [0.2, 0], [-0.3, 1], [0.9, -1]],
+                        [[0.1, 1], [0.4, 1]],
+                    ],
+                }
+            ]
+        },
+    )
+
+
+class PredictResponse(BaseModel):
+    run_id: str
+    outputs: list[list[float]] = Field(description="one output per time step of each sequence")
+
+
+class ScalarRNNRequest(Body):
+    x: list[Finite] = Field(min_length=1)
+    w_i: Finite
+    w_h: Finite
+    w_o: Finite
+    h_bias: Finite
+    y_bias: Finite
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"x": [9, 4, -2], "w_i": 0.5, "w_h": -1, "w_o": -0.7, "h_bias": -1, "y_bias": 0}
+            ]
+        },
+    )
+
+
+class ScalarRNNResponse(BaseModel):
+    h: list[float]
+    y: list[float]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="validation errors: where (loc) and what (msg) each one is"
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Any] = Field(default_factory=dict)

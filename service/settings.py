@@ -1,0 +1,65 @@
+"""All configuration, from RNNLAB_* environment variables (nothing else reads os.environ)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RNNLAB_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # default: sqlite file <data_dir>/rnnlab.db
+    workers: int = Field(default_factory=_default_workers, ge=0)  # 0: API only, no local workers
+    # Torch/numba threads per worker; 0 spreads the cores evenly over the workers.
+    threads_per_worker: int = Field(default=0, ge=0)
+
+    # Run lifecycle.
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)  # a running run older than this is lost
+    reap_interval_s: float = Field(default=10.0, gt=0)
+    max_requeues: int = Field(default=3, ge=0)  # lost-worker re-queues before a run is failed
+    poll_interval_s: float = Field(default=0.25, gt=0)  # idle worker's wait between claims
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+
+    # Input limits (the API refuses larger requests with 422).
+    max_epochs: int = Field(default=100_000, ge=1)
+    max_hidden_size: int = Field(default=256, ge=1)
+    max_batch_size: int = Field(default=10_000, ge=1)
+    max_n_sequences: int = Field(default=10_000, ge=1)
+    max_seq_len: int = Field(default=1_000_000, ge=1)
+    max_data_steps: int = Field(default=10_000_000, ge=1)  # n_sequences × seq_len per split
+    max_predict_steps: int = Field(default=1_000_000, ge=1)  # all sequences of one request
+    max_predict_sequences: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    model_cache_size: int = Field(default=16, ge=1)
+
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _fill_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'rnnlab.db').resolve()}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def torch_threads(self) -> int:
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now (tests change it between apps)."""
+    return Settings()

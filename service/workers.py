@@ -1,0 +1,246 @@
+"""Local worker processes: claim queued runs, execute them, heartbeat; a supervising pool.
+
+Workers are started with `spawn`, never `fork`: CUDA cannot be used in a forked child.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
+
+from sqlalchemy import select, update
+
+from service import lifecycle
+from service.db import Database
+from service.execution import execute
+from service.settings import Settings
+from service.tables import Run, RunStatus
+
+log = logging.getLogger("rnnlab.worker")
+HOST = socket.gethostname()
+
+
+def make_worker_id(pid: int | None = None) -> str:
+    return f"{HOST}/{pid or os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def local_worker_is_dead(worker_id: str) -> bool:
+    """True only when `worker_id` names a process on this host that no longer exists."""
+    parts = worker_id.split("/")
+    if len(parts) != 3 or parts[0] != HOST or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def configure_threads(settings: Settings) -> None:
+    """Give each worker its share of the cores so that workers don't oversubscribe them."""
+    import torch
+
+    n = settings.torch_threads()
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # numba is optional for the reference path
+        pass
+
+
+class Worker:
+    """A loop guarded by a flag; run_once() claims and executes one run (tests call it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database | None = None,
+        worker_id: str | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db or Database(settings)
+        self.worker_id = worker_id or make_worker_id()
+        self._stop_flag = threading.Event()
+        self._external_stop = stop or (lambda: False)
+        self._last_reap = 0.0
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+
+    def stopping(self) -> bool:
+        return self._stop_flag.is_set() or self._external_stop()
+
+    def run_once(self) -> str | None:
+        """Claim the oldest queued run and execute it; None when the queue was empty."""
+        claim = lifecycle.claim(self.db, worker_id=self.worker_id)
+        if claim is None:
+            return None
+        log.info("worker %s: run %s attempt %d", self.worker_id, claim.run_id, claim.attempt)
+        outcome = execute(
+            self.db,
+            claim,
+            should_stop=self.stopping,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+        )
+        log.info("worker %s: run %s %s", self.worker_id, claim.run_id, outcome)
+        return outcome
+
+    def reap(self) -> None:
+        lifecycle.reap_stale(
+            self.db,
+            timeout_s=self.settings.heartbeat_timeout_s,
+            max_requeues=self.settings.max_requeues,
+            is_dead=local_worker_is_dead,
+        )
+        self._last_reap = time.monotonic()
+
+    def work(self, *, burst: bool = False, reap: bool = False) -> None:
+        """Process runs until stopped (or, with burst, until the queue is empty)."""
+        while not self.stopping():
+            if reap and time.monotonic() - self._last_reap >= self.settings.reap_interval_s:
+                self._guarded(self.reap)
+            outcome = self._guarded(self.run_once)
+            if outcome is None:
+                if burst:
+                    return
+                self._stop_flag.wait(self.settings.poll_interval_s)
+
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        # A database hiccup must not end the worker: log it, back off, go on.
+        try:
+            return fn()
+        except Exception:
+            log.exception("worker %s: error in %s", self.worker_id, fn.__name__)
+            self._stop_flag.wait(min(5.0, 4 * self.settings.poll_interval_s))
+            return None
+
+
+def _worker_process_main(settings: Settings, stop_event: MpEvent, parent_pid: int) -> None:
+    """Entry point of a spawned worker process."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The pool tells us when to stop; Ctrl+C in a terminal reaches the whole process
+    # group, so the parent alone decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_threads(settings)
+    worker = Worker(
+        settings,
+        stop=lambda: stop_event.is_set() or os.getppid() != parent_pid,  # orphaned: stop too
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.work()
+    finally:
+        worker.db.dispose()
+
+
+class WorkerPool:
+    """Runs N worker processes, restarts any that die, reaps stale runs, stops gracefully."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._ctx = mp.get_context("spawn")
+        self._stop_event = self._ctx.Event()
+        self._procs: list[Any] = []
+        self._ids: dict[int, str] = {}  # pid → worker id prefix used for its runs
+        self._closing = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> WorkerPool:
+        for _ in range(self.settings.workers):
+            self._procs.append(self._spawn())
+        self._monitor = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _spawn(self) -> Any:
+        p = self._ctx.Process(
+            target=_worker_process_main,
+            args=(self.settings, self._stop_event, os.getpid()),
+            name="rnnlab-worker",
+            daemon=True,
+        )
+        p.start()
+        return p
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self._procs)
+
+    @property
+    def size(self) -> int:
+        return len(self._procs)
+
+    def _supervise(self) -> None:
+        while not self._closing.wait(min(1.0, self.settings.reap_interval_s)):
+            for i, p in enumerate(self._procs):
+                if not p.is_alive() and not self._closing.is_set():
+                    log.error("worker pid %s died (exit code %s); restarting", p.pid, p.exitcode)
+                    self._lose_runs_of(p.pid)
+                    self._procs[i] = self._spawn()
+            try:
+                lifecycle.reap_stale(
+                    self.db,
+                    timeout_s=self.settings.heartbeat_timeout_s,
+                    max_requeues=self.settings.max_requeues,
+                    is_dead=local_worker_is_dead,
+                )
+            except Exception:
+                log.exception("reaping stale runs failed")
+
+    def _lose_runs_of(self, pid: int | None) -> None:
+        prefix = f"{HOST}/{pid}/"
+        try:
+            with self.db.reading() as session:
+                ids = session.scalars(
+                    select(Run.worker_id).where(
+                        Run.status == RunStatus.running, Run.worker_id.startswith(prefix)
+                    )
+                ).all()
+            for worker_id in set(ids):
+                lifecycle.lose_worker_runs(
+                    self.db, worker_id, max_requeues=self.settings.max_requeues
+                )
+        except Exception:
+            log.exception("re-queueing the runs of dead worker pid %s failed", pid)
+
+    def stop(self) -> None:
+        """Stop taking runs; running ones stop at an epoch boundary and go back to the queue."""
+        self._closing.set()
+        self._stop_event.set()
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        for p in self._procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self._procs:
+            if p.is_alive():
+                log.warning("worker pid %s did not stop in time; terminating it", p.pid)
+                p.kill()
+                p.join(5)
+                # We stopped it ourselves: its run goes back to the queue as not failed.
+                self._requeue_runs_of(p.pid)
+        if self._monitor is not None:
+            self._monitor.join(5)
+
+    def _requeue_runs_of(self, pid: int | None) -> None:
+        with self.db.writing() as session:
+            session.execute(
+                update(Run)
+                .where(Run.status == RunStatus.running, Run.worker_id.startswith(f"{HOST}/{pid}/"))
+                .values(status=RunStatus.queued, worker_id=None, heartbeat_at=None)
+            )
