@@ -1,0 +1,76 @@
+"""Service fixtures: a real app on a real SQLite file in a temporary directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.db import Database
+from service.settings import Settings
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: fast heartbeats and polling, no local workers unless asked."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "workers": 0,
+        "heartbeat_interval_s": 0.2,
+        "heartbeat_timeout_s": 3.0,
+        "reap_interval_s": 0.5,
+        "poll_interval_s": 0.05,
+        "shutdown_grace_s": 20.0,
+        "threads_per_worker": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def run_body(**overrides: Any) -> dict[str, Any]:
+    """A POST /runs body small enough to train in a fraction of a second."""
+    body: dict[str, Any] = {
+        "model": "lstm",
+        "epochs": 3,
+        "seed": 7,
+        "data": {"n_sequences": 3, "seq_len": 40},
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def db(client: TestClient) -> Database:
+    return client.app.state.db  # type: ignore[attr-defined]
+
+
+def wait_for(
+    get: Callable[[], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float = 60.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """Poll `get()` until `done(value)`; fail the test with the last value on timeout."""
+    deadline = time.monotonic() + timeout
+    value = get()
+    while not done(value):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s; last value: {value}")
+        time.sleep(interval)
+        value = get()
+    return value
