@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from sqlalchemy import select, update
@@ -130,19 +129,17 @@ class Worker:
             return None
 
 
-def _worker_process_main(settings: Settings, stop_event: MpEvent, parent_pid: int) -> None:
+def _worker_process_main(settings: Settings, parent_pid: int) -> None:
     """Entry point of a spawned worker process."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # The pool tells us when to stop; Ctrl+C in a terminal reaches the whole process
+    # The pool stops us with SIGTERM; Ctrl+C in a terminal reaches the whole process
     # group, so the parent alone decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_threads(settings)
-    worker = Worker(
-        settings,
-        stop=lambda: stop_event.is_set() or os.getppid() != parent_pid,  # orphaned: stop too
-    )
+    # An orphaned worker (its server was killed) stops too, handing its run back.
+    worker = Worker(settings, stop=lambda: os.getppid() != parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:
         worker.work()
@@ -157,7 +154,6 @@ class WorkerPool:
         self.settings = settings
         self.db = db
         self._ctx = mp.get_context("spawn")
-        self._stop_event = self._ctx.Event()
         self._procs: list[Any] = []
         self._ids: dict[int, str] = {}  # pid → worker id prefix used for its runs
         self._closing = threading.Event()
@@ -173,7 +169,7 @@ class WorkerPool:
     def _spawn(self) -> Any:
         p = self._ctx.Process(
             target=_worker_process_main,
-            args=(self.settings, self._stop_event, os.getpid()),
+            args=(self.settings, os.getpid()),
             name="rnnlab-worker",
             daemon=True,
         )
@@ -223,7 +219,9 @@ class WorkerPool:
     def stop(self) -> None:
         """Stop taking runs; running ones stop at an epoch boundary and go back to the queue."""
         self._closing.set()
-        self._stop_event.set()
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: the worker finishes its epoch and re-queues its run
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         for p in self._procs:
             p.join(max(0.0, deadline - time.monotonic()))
