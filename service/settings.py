@@ -50,6 +50,16 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'rnnlab.db').resolve()}"
         return self
 
+    @model_validator(mode="after")
+    def _check_heartbeats(self) -> Settings:
+        # A live run must beat several times within the timeout, or it would look lost.
+        if self.heartbeat_interval_s * 3 > self.heartbeat_timeout_s:
+            raise ValueError(
+                "RNNLAB_HEARTBEAT_TIMEOUT_S must be at least 3 × RNNLAB_HEARTBEAT_INTERVAL_S "
+                f"(got {self.heartbeat_timeout_s} and {self.heartbeat_interval_s})"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,6 +27,7 @@ from service.tables import Run, RunStatus
 
 log = logging.getLogger("rnnlab.worker")
 HOST = socket.gethostname()
+RESTART_QUICK_S = 10.0  # a worker dying sooner than this after its start counts as crashing
 
 
 def make_worker_id(pid: int | None = None) -> str:
@@ -33,17 +35,23 @@ def make_worker_id(pid: int | None = None) -> str:
 
 
 def local_worker_is_dead(worker_id: str) -> bool:
-    """True only when `worker_id` names a process on this host that no longer exists."""
+    """True only when `worker_id` names a process on this host that is gone (or a zombie)."""
     parts = worker_id.split("/")
     if len(parts) != 3 or parts[0] != HOST or not parts[1].isdigit():
         return False
+    pid = int(parts[1])
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
-    return False
+    try:
+        # "pid (name) S ...": a zombie has exited; only its parent has not collected it yet.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def configure_threads(settings: Settings) -> None:
@@ -155,13 +163,19 @@ class WorkerPool:
         self.db = db
         self._ctx = mp.get_context("spawn")
         self._procs: list[Any] = []
-        self._ids: dict[int, str] = {}  # pid → worker id prefix used for its runs
+        self._started: list[float] = []  # per slot: when its current process started
+        self._failures: list[int] = []  # per slot: deaths in a row soon after a start
+        self._not_before: list[float] = []  # per slot: earliest next restart
+        self._handled: set[int | None] = set()  # dead pids whose runs were dealt with
         self._closing = threading.Event()
         self._monitor: threading.Thread | None = None
 
     def start(self) -> WorkerPool:
         for _ in range(self.settings.workers):
             self._procs.append(self._spawn())
+            self._started.append(time.monotonic())
+            self._failures.append(0)
+            self._not_before.append(0.0)
         self._monitor = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
         self._monitor.start()
         return self
@@ -185,11 +199,11 @@ class WorkerPool:
 
     def _supervise(self) -> None:
         while not self._closing.wait(min(1.0, self.settings.reap_interval_s)):
-            for i, p in enumerate(self._procs):
-                if not p.is_alive() and not self._closing.is_set():
-                    log.error("worker pid %s died (exit code %s); restarting", p.pid, p.exitcode)
-                    self._lose_runs_of(p.pid)
-                    self._procs[i] = self._spawn()
+            # Nothing may end this loop but closing: it is what restarts workers and reaps.
+            try:
+                self._restart_dead()
+            except Exception:
+                log.exception("restarting dead workers failed")
             try:
                 lifecycle.reap_stale(
                     self.db,
@@ -199,6 +213,23 @@ class WorkerPool:
                 )
             except Exception:
                 log.exception("reaping stale runs failed")
+
+    def _restart_dead(self) -> None:
+        now = time.monotonic()
+        for i, p in enumerate(self._procs):
+            if p.is_alive() or self._closing.is_set() or now < self._not_before[i]:
+                continue
+            if p.pid not in self._handled:
+                log.error("worker pid %s died (exit code %s)", p.pid, p.exitcode)
+                self._lose_runs_of(p.pid)
+                self._handled.add(p.pid)
+            # A worker that keeps dying at once is restarted ever more slowly (up to a minute).
+            quick = now - self._started[i] < RESTART_QUICK_S
+            self._failures[i] = self._failures[i] + 1 if quick else 0
+            self._procs[i] = self._spawn()
+            self._started[i] = time.monotonic()
+            self._not_before[i] = self._started[i] + min(60.0, 2.0 ** self._failures[i] - 1)
+            log.info("restarted worker %d as pid %s", i, self._procs[i].pid)
 
     def _lose_runs_of(self, pid: int | None) -> None:
         prefix = f"{HOST}/{pid}/"
@@ -219,6 +250,9 @@ class WorkerPool:
     def stop(self) -> None:
         """Stop taking runs; running ones stop at an epoch boundary and go back to the queue."""
         self._closing.set()
+        if self._monitor is not None:
+            # After this join no restart can slip in behind the SIGTERMs below.
+            self._monitor.join()
         for p in self._procs:
             if p.is_alive():
                 p.terminate()  # SIGTERM: the worker finishes its epoch and re-queues its run
@@ -232,8 +266,6 @@ class WorkerPool:
                 p.join(5)
                 # We stopped it ourselves: its run goes back to the queue as not failed.
                 self._requeue_runs_of(p.pid)
-        if self._monitor is not None:
-            self._monitor.join(5)
 
     def _requeue_runs_of(self, pid: int | None) -> None:
         with self.db.writing() as session:

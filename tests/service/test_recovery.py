@@ -1,0 +1,300 @@
+"""Crashes and stops: killed workers, killed servers, orphaned workers, SIGTERM.
+
+Every process a test starts is killed in a finally block (servers run in their own process
+group, so os.killpg reaches their workers too), whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+from service.workers import HOST
+from tests.service.conftest import make_settings, run_body, wait_for
+
+INTERRUPTIBLE_EPOCHS = 1000  # see test_workers.py
+ENDLESS_EPOCHS = 100_000
+START_TIMEOUT = 90.0
+ENDED = ("succeeded", "failed", "cancelled")
+SERVER_ENV = {
+    "RNNLAB_WORKERS": "1",
+    "RNNLAB_THREADS_PER_WORKER": "1",
+    "RNNLAB_HEARTBEAT_INTERVAL_S": "0.5",
+    "RNNLAB_HEARTBEAT_TIMEOUT_S": "3",
+    "RNNLAB_REAP_INTERVAL_S": "0.5",
+    "RNNLAB_POLL_INTERVAL_S": "0.05",
+    "RNNLAB_SHUTDOWN_GRACE_S": "20",
+    "RNNLAB_LOG_LEVEL": "info",
+}
+
+
+def db_row(data_dir: Path, run_id: str) -> dict[str, Any]:
+    """The run's row as stored, read with plain sqlite3 (no app needed)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "rnnlab.db", timeout=30)) as con:
+        con.row_factory = sqlite3.Row
+        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    assert row is not None, run_id
+    return dict(row)
+
+
+def worker_pid(worker_id: str) -> int:
+    host, pid, _token = worker_id.split("/")
+    assert host == HOST
+    return int(pid)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group `pgid` that have not exited (zombies excluded:
+    an orphan's zombie lingers where PID 1 does not reap, but it runs nothing)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_group_gone(pgid: int, timeout: float) -> None:
+    wait_for(lambda: {"alive": live_group_members(pgid)}, lambda v: not v["alive"], timeout)
+
+
+# --- a worker process killed under the pool ----------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """This module's `client` runs one real worker process."""
+    return make_settings(tmp_path, workers=1)
+
+
+def test_killed_worker_run_is_requeued_and_succeeds(client: TestClient, settings: Settings) -> None:
+    r = client.post("/runs", json=run_body(epochs=INTERRUPTIBLE_EPOCHS))
+    assert r.status_code == 202, r.text
+    run_id = r.json()["id"]
+
+    def run() -> dict[str, Any]:
+        return client.get(f"/runs/{run_id}").json()
+
+    wait_for(run, lambda v: v["status"] == "running" and v["epochs_completed"] >= 2, START_TIMEOUT)
+    pid = worker_pid(db_row(settings.data_dir, run_id)["worker_id"])
+    assert pid in {p.pid for p in mp.active_children()}  # one of our pool's workers
+    os.kill(pid, signal.SIGKILL)
+
+    final = wait_for(run, lambda v: v["status"] in ENDED, START_TIMEOUT, interval=0.2)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempt"] == 2
+    assert final["epochs_completed"] == INTERRUPTIBLE_EPOCHS
+    losses = client.get(f"/runs/{run_id}/losses").json()
+    assert losses["epochs"] == list(range(1, INTERRUPTIBLE_EPOCHS + 1))
+    row = db_row(settings.data_dir, run_id)
+    assert row["requeues"] == 1  # counted toward RNNLAB_MAX_REQUEUES
+    assert worker_pid(row["worker_id"]) != pid  # a restarted worker finished it
+    # The pool is whole again.
+    ready = wait_for(lambda: client.get("/readyz").json(), lambda v: v["status"] == "ok", 30)
+    assert ready["checks"]["workers"] == {"alive": 1, "configured": 1}
+
+
+# --- `rnnlab serve` as a separate process -------------------------------------------------
+
+
+def rnnlab_command() -> list[str]:
+    script = Path(sys.executable).with_name("rnnlab")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("rnnlab")
+    return [found] if found else [sys.executable, "-m", "service.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    http: httpx.Client
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def submit(self, **overrides: Any) -> str:
+        r = self.http.post("/runs", json=run_body(**overrides))
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/runs/{run_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server's whole process group, if anything of it is left.
+
+    Only while the group is certainly ours: its leader not yet reaped, or members left (a
+    process group id in use is never handed out again as a new pid).
+    """
+    if proc.poll() is None or live_group_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serve(data_dir: Path, log: Path) -> Iterator[Server]:
+    """`rnnlab serve` with one worker on `data_dir`, in its own process group; killed at exit."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update(SERVER_ENV, RNNLAB_DATA_DIR=str(data_dir))
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*rnnlab_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            server = Server(proc, http, log)
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"rnnlab serve exited with {proc.returncode}:\n{server.output()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/healthz").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"rnnlab serve did not answer in time:\n{server.output()}")
+                time.sleep(0.05)
+            yield server
+    finally:
+        _kill_group(proc)  # the server, its workers, multiprocessing's resource tracker
+        proc.wait(30)
+
+
+def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
+    with serve(tmp_path, tmp_path / "server1.log") as first:
+        running = first.submit(epochs=INTERRUPTIBLE_EPOCHS, seed=1)
+        queued = first.submit(epochs=50, seed=2)
+        wait_for(
+            lambda: first.run(running),
+            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
+            START_TIMEOUT,
+        )
+        assert first.run(queued)["status"] == "queued"  # one worker: it waits its turn
+        os.killpg(first.proc.pid, signal.SIGKILL)  # the server and its workers, at once
+        first.proc.wait(30)
+        wait_group_gone(first.proc.pid, 30)
+
+    assert db_row(tmp_path, running)["status"] == "running"  # nobody was left to say otherwise
+    assert db_row(tmp_path, queued)["status"] == "queued"
+
+    with serve(tmp_path, tmp_path / "server2.log") as second:
+        for run_id in (running, queued):
+            run = wait_for(
+                lambda run_id=run_id: second.run(run_id),
+                lambda v: v["status"] in ENDED,
+                START_TIMEOUT,
+                interval=0.2,
+            )
+            assert run["status"] == "succeeded", (run, second.output())
+            assert run["epochs_completed"] == run["config"]["epochs"]
+            epochs = second.http.get(f"/runs/{run_id}/losses").json()["epochs"]
+            assert epochs == list(range(1, run["config"]["epochs"] + 1))
+        assert second.run(running)["attempt"] == 2
+        assert second.run(queued)["attempt"] == 1
+    assert db_row(tmp_path, running)["requeues"] == 1
+
+
+def test_orphaned_workers_stop_on_their_own(tmp_path: Path) -> None:
+    with serve(tmp_path, tmp_path / "server.log") as server:
+        run_id = server.submit(epochs=ENDLESS_EPOCHS)
+        wait_for(
+            lambda: server.run(run_id),
+            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
+            START_TIMEOUT,
+        )
+        pgid = server.proc.pid
+        worker = worker_pid(db_row(tmp_path, run_id)["worker_id"])
+        assert worker in live_group_members(pgid)
+
+        server.proc.kill()  # the API process alone: its workers are orphaned
+        server.proc.wait(30)
+        # Each orphan notices its parent is gone at its next epoch, hands its run back and
+        # exits; nothing of the server's (workers, resource tracker) is left running.
+        wait_group_gone(pgid, 30)
+
+    row = db_row(tmp_path, run_id)
+    assert row["status"] == "queued"
+    assert row["worker_id"] is None
+    assert row["error"] is None
+    assert row["requeues"] == 0  # handed back, not lost
+    assert row["epochs_completed"] >= 2
+
+
+def test_sigterm_stops_the_server_gracefully(tmp_path: Path) -> None:
+    with serve(tmp_path, tmp_path / "server1.log") as first:
+        run_id = first.submit(epochs=INTERRUPTIBLE_EPOCHS)
+        wait_for(
+            lambda: first.run(run_id),
+            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
+            START_TIMEOUT,
+        )
+        first.proc.terminate()
+        try:
+            returncode = first.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rnnlab serve ignored SIGTERM for 30 s:\n{first.output()}")
+        output = first.output()
+        # uvicorn re-raises the signal once its shutdown is complete, so the process ends
+        # "killed by SIGTERM" (shell status 143) rather than 0; the log tells it finished.
+        assert returncode in (0, -signal.SIGTERM), output
+        assert "Application shutdown complete" in output
+        assert "Traceback" not in output
+        wait_group_gone(first.proc.pid, 30)  # its workers exited with it
+
+    row = db_row(tmp_path, run_id)
+    assert row["status"] == "queued"
+    assert row["error"] is None
+    assert row["requeues"] == 0
+    assert 2 <= row["epochs_completed"] < INTERRUPTIBLE_EPOCHS
+
+    with serve(tmp_path, tmp_path / "server2.log") as second:
+        run = wait_for(
+            lambda: second.run(run_id),
+            lambda v: v["status"] in ENDED,
+            START_TIMEOUT,
+            interval=0.2,
+        )
+        assert run["status"] == "succeeded", (run, second.output())
+        assert run["attempt"] == 2
+        epochs = second.http.get(f"/runs/{run_id}/losses").json()["epochs"]
+        assert epochs == list(range(1, INTERRUPTIBLE_EPOCHS + 1))
