@@ -1,11 +1,66 @@
-"""The notebook's two networks: an Elman RNN from nn.Linear layers, and an LSTM + linear head."""
+"""The notebook's two networks: an Elman RNN from nn.Linear layers, and an LSTM + linear head.
+
+Each network has two forward paths that compute the same function:
+
+- `forward_reference`: the specification, the readable per-step loop (Elman) or PyTorch's own
+  nn.LSTM. Slow for these tiny networks: per-step eager ops cost far more than the arithmetic.
+- `forward` (what `model(x)` runs): the same layers around a fused recurrence. On the CPU the
+  recurrence is one compiled loop from `models.kernels`, forward and BPTT; without autograd
+  (inference_mode / no_grad, as in `predict`) it runs over time in chunks and keeps no per-step
+  gates, so memory stays at the input and output size. On CUDA the Elman recurrence runs
+  through cuDNN's RNN_TANH and the LSTM through nn.LSTM (cuDNN). Other devices and dtypes
+  (e.g. MPS, bfloat16) fall back to the reference.
+
+`reference_mode()` makes `forward` take the reference path, for tests and benchmarks.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from models import kernels
+
+# True inside reference_mode(). A ContextVar: per thread and per asyncio task, so forcing the
+# reference in one place (a test, a benchmark) cannot change another thread's models.
+_REFERENCE: ContextVar[bool] = ContextVar("rnnlab_reference_mode", default=False)
+
+
+@contextlib.contextmanager
+def reference_mode(enabled: bool = True) -> Iterator[None]:
+    """Within the block, `model(x)` runs `forward_reference` (the readable/PyTorch path).
+
+    Applies to the current thread (or asyncio task) only; threads started inside the block
+    do not inherit it. `reference_mode(False)` re-enables the fast path inside an outer block.
+    """
+    token = _REFERENCE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
+
+
+def _fast_path(x: torch.Tensor, module: nn.Module) -> str | None:
+    """The device type ("cpu", "cuda") whose fused path `forward` may take, else None."""
+    if _REFERENCE.get() or x.dtype not in kernels.DTYPES:
+        return None
+    if x.device.type not in ("cpu", "cuda"):
+        return None
+    if any(p.dtype != x.dtype or p.device != x.device for p in module.parameters()):
+        return None  # mixed dtypes/devices: let the reference raise PyTorch's own error
+    return x.device.type
+
+
+def _needs_grad(x: torch.Tensor, module: nn.Module) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in module.parameters())
 
 
 def check_input(x: torch.Tensor, n_input: int) -> None:
@@ -32,7 +87,28 @@ class ElmanRNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step outputs [B, T, n_out] for inputs [B, T, n_input]."""
-        return self.forward_reference(x)
+        check_input(x, self.n_input)
+        path = _fast_path(x, self)
+        if path is None:
+            return self.forward_reference(x)
+        if path == "cpu" and not _needs_grad(x, self):
+            return self._forward_chunked(x)
+        a = self.l1(x)  # (B, T, H): the input projection of every step in one matmul
+        if path == "cuda":
+            return self.l2(kernels.elman_rnn_tanh(a, self.hr.weight, self.hr.bias))
+        return self.l2(kernels.elman_recurrence(a, self.hr.weight, self.hr.bias))
+
+    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        # Inference on the CPU, a time chunk at a time: memory is x, the output and one chunk.
+        n_batch, n_steps, _ = x.shape
+        y = x.new_empty(n_batch, n_steps, self.n_out)
+        h = x.new_zeros(n_batch, self.n_hidden)  # (B, H) state carried across chunks
+        step = kernels.chunk_steps(n_batch, self.n_hidden)
+        for s in range(0, n_steps, step):
+            a = self.l1(x[:, s : s + step])
+            hs = kernels.elman_inference(a, self.hr.weight, self.hr.bias, h, start=s == 0)
+            y[:, s : s + step] = self.l2(hs)
+        return y
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The readable per-step loop every faster path must equal."""
@@ -56,7 +132,33 @@ class LSTMModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step outputs [B, T, n_out] for inputs [B, T, n_input]."""
-        return self.forward_reference(x)
+        check_input(x, self.n_input)
+        lstm = self.lstm
+        plain = lstm.num_layers == 1 and lstm.bias and not lstm.bidirectional
+        plain = plain and lstm.proj_size == 0 and lstm.batch_first
+        path = _fast_path(x, self) if plain else None
+        if path != "cpu":  # CUDA: nn.LSTM is cuDNN's fused LSTM already
+            return self.forward_reference(x)
+        w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0  # (4H,): both biases add to every gate
+        if _needs_grad(x, self):
+            gx = F.linear(x, w_ih, bias)  # (B, T, 4H): the input projection, hoisted
+            return self.fc(kernels.lstm_recurrence(gx, w_hh))
+        return self._forward_chunked(x, w_ih, w_hh, bias)
+
+    def _forward_chunked(
+        self, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        # Inference on the CPU, a time chunk at a time: no per-step gates or cells are kept.
+        n_batch, n_steps, _ = x.shape
+        y = x.new_empty(n_batch, n_steps, self.n_out)
+        h = x.new_zeros(n_batch, self.n_hidden)  # (B, H) state carried across chunks
+        c = x.new_zeros(n_batch, self.n_hidden)
+        step = kernels.chunk_steps(n_batch, 4 * self.n_hidden)
+        for s in range(0, n_steps, step):
+            gx = F.linear(x[:, s : s + step], w_ih, bias)  # (B, chunk, 4H)
+            y[:, s : s + step] = self.fc(kernels.lstm_inference(gx, w_hh, h, c))
+        return y
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """PyTorch's own nn.LSTM, the reference every faster path must equal."""
@@ -102,7 +204,11 @@ def build_model(
     for name, value in (("n_input", n_input), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    model = MODELS[kind](n_input, n_hidden, n_out)
-    if seed is not None:
-        init_parameters(model, torch.Generator().manual_seed(int(seed)))
+    if seed is None:
+        return MODELS[kind](n_input, n_hidden, n_out)
+    # The layers' own initialisation draws from torch's global RNG; fork it so that a seeded
+    # build leaves the global state as it found it, then draw the real weights from `seed`.
+    with torch.random.fork_rng(devices=[]):
+        model = MODELS[kind](n_input, n_hidden, n_out)
+    init_parameters(model, torch.Generator().manual_seed(int(seed)))
     return model

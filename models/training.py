@@ -93,7 +93,7 @@ class Metrics:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" → CUDA when available, else CPU; "cuda" without a GPU is a ValueError."""
+    """Map "auto" to CUDA when available, else CPU; "cuda" without a GPU is a ValueError."""
     name = str(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,9 +198,7 @@ def evaluate(model: nn.Module, split: Split) -> Metrics:
 def _to_sequence(i: int, seq: Any, n_input: int) -> np.ndarray:
     arr = np.asarray(seq, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != n_input:
-        raise ValueError(
-            f"sequences[{i}] must be [steps, {n_input}], got shape {tuple(arr.shape)}"
-        )
+        raise ValueError(f"sequences[{i}] must be [steps, {n_input}], got shape {tuple(arr.shape)}")
     if arr.shape[0] < 1:
         raise ValueError(f"sequences[{i}] must hold at least one step")
     if not np.isfinite(arr).all():

@@ -1,0 +1,170 @@
+"""Per-epoch training time: rnnlab's fused kernels vs eager PyTorch recurrent layers.
+
+Run from the repository root:  python -m benchmarks.train_speed [--rounds 15] [--threads 2,1]
+
+One epoch is exactly what `models.train` does per epoch: Adam steps with MSE over the train
+split in fixed-order batches, then the validation MSE under no_grad. Every variant runs the same
+loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hidden 2, Adam lr
+0.01):
+
+- rnnlab: `models.build_model(kind)`, i.e. the fused kernels (models.kernels) on the CPU;
+- eager: torch.nn.RNN(nonlinearity="tanh") or torch.nn.LSTM, then nn.Linear;
+- reference (Elman only): the same rnnlab model under `models.networks.reference_mode()`,
+  the readable per-step nn.Linear loop.
+
+Variants alternate within each round after warm-up epochs, so load from other processes hits
+them alike; the figures are medians over rounds. The whole table is measured once per torch
+thread count in --threads: by default torch's own default (one thread per core, what the
+service's single worker uses on a 2-core machine) and 1 thread. The eager baselines depend
+on it a lot: their many tiny ops pay OpenMP fork/join costs with more threads, while the
+fused kernels are single-threaded numba loops either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from models import build_model, make_splits
+from models.networks import reference_mode
+
+
+class EagerElman(nn.Module):
+    """torch.nn.RNN (tanh) + nn.Linear: the stock-PyTorch equivalent of the Elman network."""
+
+    def __init__(self, n_input: int, n_hidden: int) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(n_input, n_hidden, nonlinearity="tanh", batch_first=True)
+        self.fc = nn.Linear(n_hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0])
+
+
+class EagerLSTM(nn.Module):
+    """torch.nn.LSTM + nn.Linear."""
+
+    def __init__(self, n_input: int, n_hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(n_input, n_hidden, batch_first=True)
+        self.fc = nn.Linear(n_hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.lstm(x)[0])
+
+
+Epoch = Callable[[], None]
+
+
+def make_epoch(
+    model: nn.Module, data: tuple[torch.Tensor, ...], batch_size: int, lr: float
+) -> Epoch:
+    """One epoch of `models.train`'s loop (train batches, then validation) as a closure."""
+    X, T, Xv, Tv = data
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+
+    def epoch() -> None:
+        model.train()
+        for i in range(0, X.shape[0], batch_size):
+            xb, tb = X[i : i + batch_size], T[i : i + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), tb)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+        model.eval()
+        with torch.no_grad():
+            float(((model(Xv) - Tv) ** 2).mean())
+
+    return epoch
+
+
+def in_reference_mode(epoch: Epoch) -> Epoch:
+    def run() -> None:
+        with reference_mode():
+            epoch()
+
+    return run
+
+
+def measure(args: argparse.Namespace, data: tuple[torch.Tensor, ...]) -> dict[str, list[float]]:
+    """Seconds per epoch of every variant, `rounds` epochs each, interleaved."""
+    h = args.hidden
+    variants: dict[str, tuple[Epoch, int]] = {}
+    for kind, eager in (("elman", EagerElman), ("lstm", EagerLSTM)):
+        torch.manual_seed(0)
+        fast = make_epoch(build_model(kind, n_hidden=h, seed=0), data, args.batch_size, args.lr)
+        slow = make_epoch(eager(2, h), data, args.batch_size, args.lr)
+        variants[f"{kind}/rnnlab"] = (fast, args.rounds)
+        variants[f"{kind}/eager"] = (slow, args.rounds)
+        if kind == "elman":
+            ref = make_epoch(build_model(kind, n_hidden=h, seed=0), data, args.batch_size, args.lr)
+            variants[f"{kind}/reference"] = (in_reference_mode(ref), args.reference_rounds)
+
+    for epoch, _ in variants.values():
+        for _ in range(args.warmup):
+            epoch()  # compiles or loads the kernels, warms allocators and caches
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(max(n for _, n in variants.values())):
+        for name, (epoch, n) in variants.items():
+            if r < n:
+                start = time.perf_counter()
+                epoch()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
+    print(
+        f"train_speed: {args.n_sequences} sequences x {args.seq_len} steps, batch "
+        f"{args.batch_size}, hidden {args.hidden}, Adam lr {args.lr}, MSE; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} thread(s); ms per epoch "
+        "(train + validation)"
+    )
+    print(f"{'variant':<18} {'median':>9} {'min':>9} {'epochs':>7}   speed-up vs eager")
+    for name, ts in times.items():
+        kind = name.split("/")[0]
+        med = statistics.median(ts)
+        eager_med = statistics.median(times[f"{kind}/eager"])
+        ratio = f"{eager_med / med:6.1f}x" if not name.endswith("/eager") else "     -"
+        print(f"{name:<18} {med * 1e3:9.2f} {min(ts) * 1e3:9.2f} {len(ts):7d}   {ratio}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-sequences", type=int, default=9)
+    parser.add_argument("--seq-len", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--rounds", type=int, default=15, help="timed epochs per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per variant")
+    parser.add_argument("--reference-rounds", type=int, default=5, help="for the slow loop")
+    default_threads = torch.get_num_threads()
+    parser.add_argument(
+        "--threads",
+        default=",".join(dict.fromkeys(map(str, (default_threads, 1)))),
+        help="comma-separated torch thread counts, one table each (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+
+    splits = make_splits(0, args.n_sequences, args.seq_len)
+    data = tuple(
+        torch.as_tensor(a, dtype=torch.float32)
+        for a in (splits.train.X, splits.train.T, splits.valid.X, splits.valid.T)
+    )
+    for i, threads in enumerate(int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        if i:
+            print()
+        report(args, measure(args, data))
+
+
+if __name__ == "__main__":
+    main()
