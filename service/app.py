@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from service import lifecycle, problems
 from service.inference import ModelCache
 from service.routes import health, predict, runs
 from service.settings import Settings, get_settings
-from service.workers import WorkerPool, local_worker_is_dead
+from service.workers import WorkerPool, local_worker_is_dead, warm_up_models
 
 log = logging.getLogger("rnnlab.api")
 DOCS_ASSETS = "/docs-assets"
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
         app.state.settings = settings
         app.state.model_cache = ModelCache(settings.model_cache_size)
         app.state.pool = None
+        # Compile the prediction kernels off the request path; a first /predict waits for it.
+        threading.Thread(target=warm_up_models, name="warm-up", daemon=True).start()
         if start_workers and settings.workers > 0:
             app.state.pool = WorkerPool(settings, db).start()
         log.info("rnnlab ready: %s, %d local workers", settings.database_url, settings.workers)

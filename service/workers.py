@@ -68,6 +68,20 @@ def configure_threads(settings: Settings) -> None:
         pass
 
 
+def warm_up_models() -> None:
+    """Compile (or load from numba's disk cache) every kernel now, not on the first run."""
+    import torch
+
+    from models import MODEL_KINDS, build_model
+
+    for kind in MODEL_KINDS:
+        model = build_model(kind)
+        x = torch.zeros(1, 2, model.n_input)
+        model(x).sum().backward()  # the training kernels, forward and backward
+        with torch.inference_mode():
+            model(x)  # the inference kernels
+
+
 class Worker:
     """A loop guarded by a flag; run_once() claims and executes one run (tests call it)."""
 
@@ -146,6 +160,7 @@ def _worker_process_main(settings: Settings, parent_pid: int) -> None:
     # group, so the parent alone decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_threads(settings)
+    warm_up_models()
     # An orphaned worker (its server was killed) stops too, handing its run back.
     worker = Worker(settings, stop=lambda: os.getppid() != parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())

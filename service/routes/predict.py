@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from models import scalar_rnn
 from service.deps import CacheDep, SessionDep, SettingsDep
@@ -16,7 +16,7 @@ router = APIRouter(tags=["predict"])
 @router.post("/predict", response_model=PredictResponse, responses=problems(404, 409, 413, 422))
 def create_prediction(
     body: PredictRequest, session: SessionDep, cache: CacheDep, settings: SettingsDep
-) -> PredictResponse:
+) -> Response:
     """Run a succeeded run's network over sequences; one output per time step."""
     outputs = run_predict(
         session=session,
@@ -25,7 +25,9 @@ def create_prediction(
         run_id=body.run_id,
         sequences=body.sequences,
     )
-    return PredictResponse(run_id=body.run_id, outputs=outputs)
+    # pydantic's own JSON encoder writes thousands of floats ~10× faster than json.dumps.
+    answer = PredictResponse.model_construct(run_id=body.run_id, outputs=outputs)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
