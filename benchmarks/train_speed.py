@@ -7,8 +7,10 @@ split in fixed-order batches, then the validation MSE under no_grad. Every varia
 loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hidden 2, Adam lr
 0.01):
 
-- rnnlab: `models.build_model(kind)`, i.e. the fused kernels (models.kernels) on the CPU;
-- eager: torch.nn.RNN(nonlinearity="tanh") or torch.nn.LSTM, then nn.Linear;
+- rnnlab: `models.build_model(kind)`, i.e. the fused kernels (models.kernels) on the CPU,
+  with the optimizer `models.train` uses (`models.training.make_optimizer`: fused Adam);
+- eager: torch.nn.RNN(nonlinearity="tanh") or torch.nn.LSTM, then nn.Linear, with torch's
+  default Adam;
 - reference (Elman only): the same rnnlab model under `models.networks.reference_mode()`,
   the readable per-step nn.Linear loop.
 
@@ -26,12 +28,14 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from models import build_model, make_splits
 from models.networks import reference_mode
+from models.training import make_optimizer
 
 
 class EagerElman(nn.Module):
@@ -62,11 +66,20 @@ Epoch = Callable[[], None]
 
 
 def make_epoch(
-    model: nn.Module, data: tuple[torch.Tensor, ...], batch_size: int, lr: float
+    model: nn.Module,
+    data: tuple[torch.Tensor, ...],
+    batch_size: int,
+    lr: float,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Epoch:
-    """One epoch of `models.train`'s loop (train batches, then validation) as a closure."""
+    """One epoch of `models.train`'s loop (train batches, then validation) as a closure.
+
+    `optimizer` defaults to torch's default Adam (the eager baselines); the rnnlab variants
+    pass `models.training.make_optimizer`'s, the one `models.train` uses.
+    """
     X, T, Xv, Tv = data
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.MSELoss()
 
     def epoch() -> None:
@@ -85,6 +98,11 @@ def make_epoch(
     return epoch
 
 
+def rnnlab_epoch(model: nn.Module, data: tuple[torch.Tensor, ...], args: Any) -> Epoch:
+    optimizer = make_optimizer(model, args.lr)
+    return make_epoch(model, data, args.batch_size, args.lr, optimizer)
+
+
 def in_reference_mode(epoch: Epoch) -> Epoch:
     def run() -> None:
         with reference_mode():
@@ -99,12 +117,12 @@ def measure(args: argparse.Namespace, data: tuple[torch.Tensor, ...]) -> dict[st
     variants: dict[str, tuple[Epoch, int]] = {}
     for kind, eager in (("elman", EagerElman), ("lstm", EagerLSTM)):
         torch.manual_seed(0)
-        fast = make_epoch(build_model(kind, n_hidden=h, seed=0), data, args.batch_size, args.lr)
+        fast = rnnlab_epoch(build_model(kind, n_hidden=h, seed=0), data, args)
         slow = make_epoch(eager(2, h), data, args.batch_size, args.lr)
         variants[f"{kind}/rnnlab"] = (fast, args.rounds)
         variants[f"{kind}/eager"] = (slow, args.rounds)
         if kind == "elman":
-            ref = make_epoch(build_model(kind, n_hidden=h, seed=0), data, args.batch_size, args.lr)
+            ref = rnnlab_epoch(build_model(kind, n_hidden=h, seed=0), data, args)
             variants[f"{kind}/reference"] = (in_reference_mode(ref), args.reference_rounds)
 
     for epoch, _ in variants.values():

@@ -3,13 +3,16 @@
 Why: with 2 hidden units, each time step is a handful of multiply-adds, so PyTorch's eager
 per-step ops (dispatch, autograd bookkeeping, tiny allocations) cost 100× the arithmetic. Here
 each recurrence is one numba-compiled loop over the whole sequence, forward and BPTT alike,
-wrapped in a `torch.autograd.Function`. Only the recurrence lives here: the input projections
-and read-outs around it stay ordinary `nn.Linear` calls over whole sequences, so autograd
-carries the gradients from these Functions on to every parameter and to the model input.
+wrapped in a `torch.autograd.Function`. The Elman kernel is the recurrence only: its input
+projection and read-out stay ordinary `nn.Linear` calls over whole sequences. The LSTM kernel
+also does nn.LSTM's own input projection (x W_ih^T + b_ih + b_hh, a few multiply-adds a step
+for 2 inputs) and returns gradients for x, W_ih, W_hh, b_ih and b_hh; its read-out (fc)
+stays an nn.Linear.
 
-Shapes: B batch, T time steps, H hidden units, G = 4H LSTM gate rows (order i, f, g, o as in
-`torch.nn.LSTM`). All arrays are C-contiguous; float32 and float64 are both compiled (float64
-for gradcheck). Every loop runs serially over the batch: see `_njit` for why not `prange`.
+Shapes: B batch, T time steps, I inputs, H hidden units, G = 4H LSTM gate rows (order i, f,
+g, o as in `torch.nn.LSTM`). All arrays are C-contiguous; float32 and float64 are both
+compiled (float64 for gradcheck). No loop runs in parallel threads: see `_njit` for why not
+`prange` (the LSTM loops do a step's whole batch at once, vectorized, instead).
 
 Compiled code is cached on disk (numba's `cache=True`), so a process compiles a kernel once at
 its first call, or just loads it when an earlier process has already compiled it.
@@ -30,7 +33,10 @@ from typing import Any
 import numba
 import numpy as np
 import torch
+from llvmlite import ir as llvm_ir
+from numba.core import cgutils, types
 from numba.core import config as numba_config
+from numba.extending import intrinsic
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 DTYPES = (torch.float32, torch.float64)
@@ -190,108 +196,282 @@ def _elman_backward(dhs, hs, w, da, dw, db):
 
 
 # --- LSTM: torch.nn.LSTM's cell, gates i, f, g, o -------------------------------------------
+# The input projection x_t W_ih^T + b_ih + b_hh is folded into the loop (n_input is tiny, so it
+# is a few multiply-adds a step), which saves a (B, T, 4H) tensor and two torch ops per pass.
+#
+# The cost of a step is its 5H activations (an exp and a division each), not the few
+# multiply-adds: libm's exp is a call LLVM cannot vectorize, so the loops below walk time on
+# the outside and do each step's activations for the whole batch in one flat loop over
+# B·4H gates (then B·H cells) with `_exp`, a branch-free exp that LLVM vectorizes. tanh(z) is
+# written as 2 σ(2z) - 1 so one loop handles all four gate kinds. Each sequence's arithmetic
+# is the same whatever the batch, so results do not depend on the batch size or order.
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (fdlibm): k·_LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@intrinsic
+def _float_from_bits(typingctx: Any, bits: Any) -> Any:
+    """The float64 whose IEEE bit pattern is the int64 `bits` (a register bitcast)."""
+    if bits != types.int64:
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+    """a·b + c with one rounding (LLVM's fma intrinsic; vectorizes to vfmadd)."""
+    if not all(t == types.float64 for t in (a, b, c)):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        f64 = llvm_ir.DoubleType()
+        fnty = llvm_ir.FunctionType(f64, [f64, f64, f64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.f64")
+        return builder.call(fn, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
 
 
 @_njit(inline="always")
-def _lstm_cell(gx_t, w, h_prev, c, z, h_t):
-    """One step in place: z[G] ← activated gates, c[H] ← c_t, h_t[H] ← h_t.
+def _exp(z):
+    """exp(z) in float64 within 1 ulp of libm's for |z| ≤ 708, vectorizable (no call).
 
-    gx_t[G] is x_t W_ih^T + b_ih + b_hh; w[G,H] is W_hh; h_prev[H] is h_{t-1}.
+    Beyond that it saturates at exp(±708.x) (≈1e±307) instead of 0 or inf, which leaves
+    σ and tanh below exactly as they are (0 or 1 to float64 precision). NaN stays NaN.
+    z = k ln2 + r with |r| ≤ ln2 / 2; exp(r) by its Taylor series to r^13 (error < 1e-17),
+    evaluated by Estrin's scheme (short dependency chains: each time step waits on two
+    exps), times 2^k built from its bits.
     """
-    n_gates, n_hidden = w.shape
-    for r in range(n_gates):
-        s = gx_t[r]
-        for k in range(n_hidden):
-            s += w[r, k] * h_prev[k]
-        z[r] = s
-    for j in range(n_hidden):
-        i = _sigmoid(z[j])
-        f = _sigmoid(z[n_hidden + j])
-        g = _tanh(z[2 * n_hidden + j])
-        o = _sigmoid(z[3 * n_hidden + j])
-        z[j], z[n_hidden + j], z[2 * n_hidden + j], z[3 * n_hidden + j] = i, f, g, o
-        c[j] = f * c[j] + i * g
-        h_t[j] = o * _tanh(c[j])
+    z = np.float64(z)
+    if z > 709.0:
+        z = 709.0
+    if z < -708.0:
+        z = -708.0
+    kf = np.floor(z * _LOG2E + 0.5)
+    if kf != kf:  # NaN: any finite k, so the int conversion below is defined; r is NaN
+        kf = 0.0
+    r = _fma(-kf, _LN2_LO, _fma(-kf, _LN2_HI, z))
+    r2 = r * r
+    r4 = r2 * r2
+    p01 = _fma(r, 1.0, 1.0)
+    p23 = _fma(r, 1.0 / 6.0, 0.5)
+    p45 = _fma(r, 1.0 / 120.0, 1.0 / 24.0)
+    p67 = _fma(r, 1.0 / 5040.0, 1.0 / 720.0)
+    p89 = _fma(r, 1.0 / 362880.0, 1.0 / 40320.0)
+    p1011 = _fma(r, 1.0 / 39916800.0, 1.0 / 3628800.0)
+    p1213 = _fma(r, 1.0 / 6227020800.0, 1.0 / 479001600.0)
+    q0 = _fma(r2, p23, p01)
+    q1 = _fma(r2, p67, p45)
+    q2 = _fma(r2, p1011, p89)
+    s0 = _fma(r4, q1, q0)
+    s1 = _fma(r4, p1213, q2)
+    p = _fma(r4 * r4, s1, s0)
+    return p * _float_from_bits((np.int64(kf) + 1023) << 52)
 
 
-@_njit
-def _lstm_forward_train(gx, w, hs, cs, gates):
-    """hs[B,T,H] from gx[B,T,G] and zero initial state; keeps cs[B,T,H] and gates[B,T,G]
-    (activated) for the backward pass."""
-    n_batch, n_steps, _ = gx.shape
-    n_hidden = w.shape[1]
-    h0 = np.zeros(n_hidden, dtype=hs.dtype)
-    c = np.empty(n_hidden, dtype=hs.dtype)
-    for bi in range(n_batch):
-        c[:] = 0.0
-        for t in range(n_steps):
-            h_prev = hs[bi, t - 1] if t > 0 else h0
-            _lstm_cell(gx[bi, t], w, h_prev, c, gates[bi, t], hs[bi, t])
-            cs[bi, t] = c
+@_njit(inline="always")
+def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch):
+    """Constants of a pass, laid out over a step's flat gate vector z[q], q = gate·P + b·H + j
+    (gate-major, then sequence b, then unit j; P = B·H), so that each per-step loop is one
+    flat loop over the whole batch (LLVM vectorizes the activations' `_exp`):
 
-
-@_njit
-def _lstm_forward_infer(gx, w, h, c, hs):
-    """hs[B,T,H] from gx[B,T,G]; h[B,H] and c[B,H] carry the state in and out.
-
-    Stores no gates or cells: memory is hs plus O(G).
+    wix[k, q] = W_ih[gate·H + j, k], whx[k, q] = W_hh[gate·H + j, k], biasx[q] = b_ih + b_hh,
+    scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, hb[q] = b·H (where
+    sequence b's state starts in a flat [P] vector) and xb[q] = b.
     """
-    n_batch, n_steps, n_gates = gx.shape
-    z = np.empty(n_gates, dtype=hs.dtype)
-    for bi in range(n_batch):
-        h_prev = h[bi]  # (H,)
-        for t in range(n_steps):
-            _lstm_cell(gx[bi, t], w, h_prev, c[bi], z, hs[bi, t])
-            h_prev = hs[bi, t]
-        h[bi] = h_prev
+    n_hidden = w_hh.shape[1]
+    n_input = w_ih.shape[1]
+    units = n_batch * n_hidden
+    wix = np.zeros((n_input, 4 * units))
+    whx = np.zeros((n_hidden, 4 * units))
+    biasx = np.zeros(4 * units)
+    scale = np.ones(4 * units)
+    hb = np.zeros(4 * units, dtype=np.int64)
+    xb = np.zeros(4 * units, dtype=np.int64)
+    for gate in range(4):
+        for bi in range(n_batch):
+            for j in range(n_hidden):
+                q = gate * units + bi * n_hidden + j
+                r = gate * n_hidden + j
+                biasx[q] = np.float64(b_ih[r]) + np.float64(b_hh[r])
+                for k in range(n_input):
+                    wix[k, q] = w_ih[r, k]
+                for k in range(n_hidden):
+                    whx[k, q] = w_hh[r, k]
+                hb[q] = bi * n_hidden
+                xb[q] = bi
+        if gate == 2:
+            scale[2 * units : 3 * units] = 2.0
+    return wix, whx, biasx, scale, hb, xb
+
+
+@_njit(inline="always")
+def _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z):
+    """Step t for the whole batch in place: z[4P] ← the activated gates (layout of
+    `_lstm_setup`), and c, tc = tanh(c), h [P] ← step t's from step t-1's."""
+    units = h.shape[0]
+    for q in range(z.shape[0]):
+        s = biasx[q]
+        for k in range(wix.shape[0]):
+            s += wix[k, q] * x[xb[q], t, k]
+        z[q] = s
+    for k in range(whx.shape[0]):
+        for q in range(z.shape[0]):
+            z[q] += whx[k, q] * h[hb[q] + k]
+    for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
+        a = scale[q]
+        z[q] = a / (1.0 + _exp(-a * z[q])) - (a - 1.0)
+    for p in range(units):  # unit p's i, f, g, o: z[p], z[P + p], z[2P + p], z[3P + p]
+        c[p] = z[units + p] * c[p] + z[p] * z[2 * units + p]
+        tc[p] = 1.0 - 2.0 / (_exp(2.0 * c[p]) + 1.0)
+        h[p] = z[3 * units + p] * tc[p]
 
 
 @_njit
-def _lstm_backward(dhs, hs, cs, gates, w, dgx, dw):
-    """BPTT: dgx[B,T,G] (= dL/d pre-activation gates) and dw[G,H] from dL/dhs[B,T,H].
+def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, hs, cs, tcs, gates):
+    """hs[B,T,H] from x[B,T,I] and zero initial state; keeps, for the backward pass, the
+    activated gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and tcs = tanh(cs)."""
+    n_batch, n_steps, _ = x.shape
+    n_hidden = w_hh.shape[1]
+    wix, whx, biasx, scale, hb, xb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    units = n_batch * n_hidden
+    h = np.zeros(units)  # float64 state, rounded to the storage type in hs/cs
+    c = np.zeros(units)
+    tc = np.zeros(units)
+    z = np.zeros(4 * units)
+    for t in range(n_steps):
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        for q in range(4 * units):
+            gates[t, q] = z[q]
+        for p in range(units):
+            cs[t, p] = c[p]
+            tcs[t, p] = tc[p]
+        for bi in range(n_batch):
+            for j in range(n_hidden):
+                hs[bi, t, j] = h[bi * n_hidden + j]
 
-    With c_t = f c_{t-1} + i g and h_t = o tanh(c_t), walking back in time:
-    dh = dhs_t + W^T dz_{t+1};  dc = dc_{t+1} f_{t+1} + dh o (1 - tanh²c_t);
+
+@_njit
+def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, h_io, c_io, hs):
+    """hs[B,T,H] from x[B,T,I]; h_io[B,H] and c_io[B,H] carry the state in and out.
+
+    Stores no gates or cells: memory is hs plus O(B·G).
+    """
+    n_batch, n_steps, _ = x.shape
+    n_hidden = w_hh.shape[1]
+    wix, whx, biasx, scale, hb, xb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    units = n_batch * n_hidden
+    h = np.zeros(units)
+    c = np.zeros(units)
+    for bi in range(n_batch):
+        for j in range(n_hidden):
+            h[bi * n_hidden + j] = h_io[bi, j]
+            c[bi * n_hidden + j] = c_io[bi, j]
+    tc = np.zeros(units)
+    z = np.zeros(4 * units)
+    for t in range(n_steps):
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        for bi in range(n_batch):
+            for j in range(n_hidden):
+                hs[bi, t, j] = h[bi * n_hidden + j]
+    for bi in range(n_batch):
+        for j in range(n_hidden):
+            h_io[bi, j] = h[bi * n_hidden + j]
+            c_io[bi, j] = c[bi * n_hidden + j]
+
+
+@_njit
+def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, want_dx, dx, dw_ih, dw_hh, db):
+    """BPTT from dL/dhs[B,T,H]: dx[B,T,I] (when want_dx), dw_ih[G,I], dw_hh[G,H], db[G].
+
+    gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
+    h_t = o tanh(c_t), walking back in time:
+    dh = dhs_t + W_hh^T dz_{t+1};  dc = dc_{t+1} f_{t+1} + dh o (1 - tanh²c_t);
     dz = [dc g · i(1-i), dc c_{t-1} · f(1-f), dc i · (1-g²), dh tanh c_t · o(1-o)];
-    dW += dz_t h_{t-1}^T.
+    dx_t = W_ih^T dz_t, dW_ih += dz_t x_t^T, db += dz_t, dW_hh += dz_t h_{t-1}^T.
+    Sums are kept per lane (gate, sequence, unit) in float64 and reduced over the batch at
+    the end.
     """
     n_batch, n_steps, n_hidden = hs.shape
-    n_gates = 4 * n_hidden
-    dw_acc = np.zeros((n_gates, n_hidden))  # float64 sums, as in _elman_backward
-    dz = np.empty(n_gates)
-    dh_carry = np.empty(n_hidden)  # W^T dz_{t+1}
-    dc_carry = np.empty(n_hidden)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
-    for bi in range(n_batch):
-        dh_carry[:] = 0.0
-        dc_carry[:] = 0.0
-        for t in range(n_steps - 1, -1, -1):
+    n_input = w_ih.shape[1]
+    units = n_batch * n_hidden
+    # (the biases do not enter the backward pass: any [G] vector stands in for them)
+    wix, whx, _, _, _, xb = _lstm_setup(w_ih, w_hh, w_ih[:, 0], w_ih[:, 0], n_batch)
+    dwix = np.zeros((n_input, 4 * units))
+    dwhx = np.zeros((n_hidden, 4 * units))
+    dbx = np.zeros(4 * units)
+    dz = np.zeros(4 * units)
+    prod = np.zeros((n_hidden, 4 * units))
+    dh = np.zeros(units)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
+    dc_carry = np.zeros(units)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
+    for t in range(n_steps - 1, -1, -1):
+        for bi in range(n_batch):
             for j in range(n_hidden):
-                i = gates[bi, t, j]
-                f = gates[bi, t, n_hidden + j]
-                g = gates[bi, t, 2 * n_hidden + j]
-                o = gates[bi, t, 3 * n_hidden + j]
-                c_prev = cs[bi, t - 1, j] if t > 0 else 0.0
-                tc = _tanh(cs[bi, t, j])
-                dh = dhs[bi, t, j] + dh_carry[j]
-                dc = dc_carry[j] + dh * o * (1.0 - tc * tc)
-                dz[j] = dc * g * i * (1.0 - i)
-                dz[n_hidden + j] = dc * c_prev * f * (1.0 - f)
-                dz[2 * n_hidden + j] = dc * i * (1.0 - g * g)
-                dz[3 * n_hidden + j] = dh * tc * o * (1.0 - o)
-                dc_carry[j] = dc * f
-            for r in range(n_gates):
-                dgx[bi, t, r] = dz[r]
-            if t == 0:
-                break  # h_{-1} = 0: no weight gradient, nothing earlier to reach
-            for r in range(n_gates):
-                for k in range(n_hidden):
-                    dw_acc[r, k] += dz[r] * hs[bi, t - 1, k]
+                dh[bi * n_hidden + j] += dhs[bi, t, j]
+        for p in range(units):
+            i = np.float64(gates[t, p])
+            f = np.float64(gates[t, units + p])
+            g = np.float64(gates[t, 2 * units + p])
+            o = np.float64(gates[t, 3 * units + p])
+            c_prev = np.float64(cs[t - 1, p]) if t > 0 else 0.0
+            tc = np.float64(tcs[t, p])
+            dc = dc_carry[p] + dh[p] * o * (1.0 - tc * tc)
+            dz[p] = dc * g * i * (1.0 - i)
+            dz[units + p] = dc * c_prev * f * (1.0 - f)
+            dz[2 * units + p] = dc * i * (1.0 - g * g)
+            dz[3 * units + p] = dh[p] * tc * o * (1.0 - o)
+            dc_carry[p] = dc * f
+        for q in range(4 * units):
+            dbx[q] += dz[q]
+            for k in range(n_input):
+                dwix[k, q] += dz[q] * x[xb[q], t, k]
+        if want_dx:
+            for bi in range(n_batch):
+                for k in range(n_input):
+                    s = 0.0
+                    for gate in range(4):
+                        for j in range(n_hidden):
+                            q = gate * units + bi * n_hidden + j
+                            s += wix[k, q] * dz[q]
+                    dx[bi, t, k] = s
+        if t == 0:
+            break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
+        for k in range(n_hidden):
+            for q in range(4 * units):
+                dwhx[k, q] += dz[q] * hs[xb[q], t - 1, k]
+                prod[k, q] = whx[k, q] * dz[q]
+        # dh[b·H + k] = Σ over gate and j of W_hh[gate·H + j, k] dz[gate·P + b·H + j]
+        for bi in range(n_batch):
             for k in range(n_hidden):
                 s = 0.0
-                for r in range(n_gates):
-                    s += w[r, k] * dz[r]
-                dh_carry[k] = s
-    dw[:] = dw_acc
+                for gate in range(4):
+                    base = gate * units + bi * n_hidden
+                    for j in range(n_hidden):
+                        s += prod[k, base + j]
+                dh[bi * n_hidden + k] = s
+    for gate in range(4):
+        for j in range(n_hidden):
+            r = gate * n_hidden + j
+            sb = 0.0
+            for bi in range(n_batch):
+                sb += dbx[gate * units + bi * n_hidden + j]
+            db[r] = sb
+            for k in range(n_input):
+                s = 0.0
+                for bi in range(n_batch):
+                    s += dwix[k, gate * units + bi * n_hidden + j]
+                dw_ih[r, k] = s
+            for k in range(n_hidden):
+                s = 0.0
+                for bi in range(n_batch):
+                    s += dwhx[k, gate * units + bi * n_hidden + j]
+                dw_hh[r, k] = s
 
 
 # --- torch glue -----------------------------------------------------------------------------
@@ -320,11 +500,23 @@ def _check_elman(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> N
     _check("bias", bias, a.dtype, (n,))
 
 
-def _check_lstm(gx: torch.Tensor, weight_hh: torch.Tensor) -> None:
-    if gx.dim() != 3 or gx.shape[2] % 4:
-        raise ValueError(f"gx must be [batch, time, 4 * hidden], got {tuple(gx.shape)}")
-    _check("gx", gx, gx.dtype, tuple(gx.shape))
-    _check("weight_hh", weight_hh, gx.dtype, (gx.shape[2], gx.shape[2] // 4))
+def _check_lstm(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be [batch, time, input], got {tuple(x.shape)}")
+    if weight_hh.dim() != 2 or weight_hh.shape[0] != 4 * weight_hh.shape[1]:
+        raise ValueError(f"weight_hh must be [4 * hidden, hidden], got {tuple(weight_hh.shape)}")
+    n_gates, n_input = weight_hh.shape[0], x.shape[2]
+    _check("x", x, x.dtype, tuple(x.shape))
+    _check("weight_hh", weight_hh, x.dtype, tuple(weight_hh.shape))
+    _check("weight_ih", weight_ih, x.dtype, (n_gates, n_input))
+    _check("bias_ih", bias_ih, x.dtype, (n_gates,))
+    _check("bias_hh", bias_hh, x.dtype, (n_gates,))
 
 
 class ElmanFunction(torch.autograd.Function):
@@ -358,32 +550,68 @@ class ElmanFunction(torch.autograd.Function):
 
 
 class LSTMFunction(torch.autograd.Function):
-    """hs = LSTM recurrence of (gx, weight_hh); see `lstm_recurrence`."""
+    """hs = LSTM of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_recurrence`."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: FunctionCtx, gx: torch.Tensor, weight_hh: torch.Tensor
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight_ih: torch.Tensor,
+        weight_hh: torch.Tensor,
+        bias_ih: torch.Tensor,
+        bias_hh: torch.Tensor,
     ) -> torch.Tensor:
-        n_batch, n_steps, n_gates = gx.shape
-        hs = torch.empty(n_batch, n_steps, n_gates // 4, dtype=gx.dtype)
-        cs = torch.empty_like(hs)
-        gates = torch.empty(n_batch, n_steps, n_gates, dtype=gx.dtype)
-        _lstm_forward_train(_np(gx), _np(weight_hh), hs.numpy(), cs.numpy(), gates.numpy())
-        ctx.save_for_backward(hs, cs, gates, weight_hh)
+        n_batch, n_steps, _ = x.shape
+        n_hidden = weight_hh.shape[1]
+        hs = torch.empty(n_batch, n_steps, n_hidden, dtype=x.dtype)
+        units = n_batch * n_hidden
+        cs = torch.empty(n_steps, units, dtype=x.dtype)
+        tcs = torch.empty_like(cs)
+        gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
+        x, weight_ih, weight_hh = x.contiguous(), weight_ih.contiguous(), weight_hh.contiguous()
+        _lstm_forward_train(
+            _np(x),
+            _np(weight_ih),
+            _np(weight_hh),
+            _np(bias_ih),
+            _np(bias_hh),
+            hs.numpy(),
+            cs.numpy(),
+            tcs.numpy(),
+            gates.numpy(),
+        )
+        ctx.save_for_backward(x, weight_ih, weight_hh, hs, cs, tcs, gates)
         return hs
 
     @staticmethod
     @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, dhs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hs, cs, gates, weight_hh = ctx.saved_tensors
-        dgx = torch.empty_like(gates)
-        dw = torch.empty(weight_hh.shape, dtype=weight_hh.dtype)
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, weight_ih, weight_hh, hs, cs, tcs, gates = ctx.saved_tensors
+        want_dx = bool(ctx.needs_input_grad[0])
+        dx = torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype)
+        dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
+        dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
+        db = torch.empty(weight_hh.shape[0], dtype=x.dtype)
         _lstm_backward(
-            _np(dhs), _np(hs), _np(cs), _np(gates), _np(weight_hh), dgx.numpy(), dw.numpy()
+            _np(dhs),
+            _np(x),
+            _np(hs),
+            _np(cs),
+            _np(tcs),
+            _np(gates),
+            _np(weight_ih),
+            _np(weight_hh),
+            want_dx,
+            dx.numpy(),
+            dw_ih.numpy(),
+            dw_hh.numpy(),
+            db.numpy(),
         )
-        return dgx, dw
+        # b_ih and b_hh enter every gate as a sum: the same gradient, as separate tensors
+        # (one shared tensor could end up as both parameters' .grad and be accumulated twice).
+        return dx if want_dx else None, dw_ih, dw_hh, db, db.clone()
 
 
 def elman_recurrence(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -395,14 +623,20 @@ def elman_recurrence(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return ElmanFunction.apply(a, weight, bias)
 
 
-def lstm_recurrence(gx: torch.Tensor, weight_hh: torch.Tensor) -> torch.Tensor:
-    """hs[B,T,H] of torch.nn.LSTM's cell from zero state, differentiable.
+def lstm_recurrence(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+) -> torch.Tensor:
+    """hs[B,T,H] of a one-layer torch.nn.LSTM (batch_first) from zero state, differentiable.
 
-    gx[B,T,4H] is x W_ih^T + b_ih + b_hh (the input projection, hoisted out of the loop);
-    weight_hh[4H,H] is W_hh. CPU only.
+    x[B,T,I]; weight_ih[4H,I], weight_hh[4H,H], bias_ih[4H], bias_hh[4H] are nn.LSTM's
+    weight_ih_l0 ... bias_hh_l0. Differentiable in all five. CPU only.
     """
-    _check_lstm(gx, weight_hh)
-    return LSTMFunction.apply(gx, weight_hh)
+    _check_lstm(x, weight_ih, weight_hh, bias_ih, bias_hh)
+    return LSTMFunction.apply(x, weight_ih, weight_hh, bias_ih, bias_hh)
 
 
 def elman_inference(
@@ -422,19 +656,34 @@ def elman_inference(
 
 
 def lstm_inference(
-    gx: torch.Tensor, weight_hh: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
 ) -> torch.Tensor:
     """hs[B,T,H] for one time chunk, no autograd; h[B,H] and c[B,H] carry the state in and out.
 
     Zero h and c on entry give torch.nn.LSTM's default initial state.
     """
-    _check_lstm(gx, weight_hh)
+    _check_lstm(x, weight_ih, weight_hh, bias_ih, bias_hh)
     for name, t in (("h", h), ("c", c)):
-        _check(name, t, gx.dtype, (gx.shape[0], weight_hh.shape[1]))
+        _check(name, t, x.dtype, (x.shape[0], weight_hh.shape[1]))
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous: it is updated in place")
-    hs = torch.empty(gx.shape[0], gx.shape[1], weight_hh.shape[1], dtype=gx.dtype)
-    _lstm_forward_infer(_np(gx), _np(weight_hh), h.numpy(), c.numpy(), hs.numpy())
+    hs = torch.empty(x.shape[0], x.shape[1], weight_hh.shape[1], dtype=x.dtype)
+    _lstm_forward_infer(
+        _np(x),
+        _np(weight_ih),
+        _np(weight_hh),
+        _np(bias_ih),
+        _np(bias_hh),
+        h.numpy(),
+        c.numpy(),
+        hs.numpy(),
+    )
     return hs
 
 
@@ -450,13 +699,16 @@ def warm_up() -> None:
         w = torch.zeros(1, 1, dtype=dtype, requires_grad=True)
         b = torch.zeros(1, dtype=dtype, requires_grad=True)
         elman_recurrence(a, w, b).sum().backward()
-        gx = torch.zeros(1, 2, 4, dtype=dtype, requires_grad=True)
-        w4 = torch.zeros(4, 1, dtype=dtype, requires_grad=True)
-        lstm_recurrence(gx, w4).sum().backward()
+        x = torch.zeros(1, 2, 2, dtype=dtype, requires_grad=True)
+        w_ih = torch.zeros(4, 2, dtype=dtype, requires_grad=True)
+        w_hh = torch.zeros(4, 1, dtype=dtype, requires_grad=True)
+        b4 = torch.zeros(4, dtype=dtype, requires_grad=True)
+        lstm_recurrence(x, w_ih, w_hh, b4, b4).sum().backward()  # with dx
+        lstm_recurrence(x.detach(), w_ih, w_hh, b4, b4).sum().backward()  # without
         with torch.no_grad():
             elman_inference(a, w, b, torch.zeros(1, 1, dtype=dtype), True)
             z = torch.zeros(1, 1, dtype=dtype)
-            lstm_inference(gx, w4, z, z.clone())
+            lstm_inference(x, w_ih, w_hh, b4, b4, z, z.clone())
 
 
 # --- CUDA: the Elman recurrence through cuDNN's RNN_TANH ------------------------------------

@@ -23,7 +23,6 @@ from contextvars import ContextVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from models import kernels
 
@@ -139,25 +138,22 @@ class LSTMModel(nn.Module):
         path = _fast_path(x, self) if plain else None
         if path != "cpu":  # CUDA: nn.LSTM is cuDNN's fused LSTM already
             return self.forward_reference(x)
-        w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
-        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0  # (4H,): both biases add to every gate
+        weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
         if _needs_grad(x, self):
-            gx = F.linear(x, w_ih, bias)  # (B, T, 4H): the input projection, hoisted
-            return self.fc(kernels.lstm_recurrence(gx, w_hh))
-        return self._forward_chunked(x, w_ih, w_hh, bias)
+            # The input projection x W_ih^T + b_ih + b_hh runs inside the kernel.
+            return self.fc(kernels.lstm_recurrence(x, *weights))
+        return self._forward_chunked(x, weights)
 
-    def _forward_chunked(
-        self, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
+    def _forward_chunked(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         # Inference on the CPU, a time chunk at a time: no per-step gates or cells are kept.
         n_batch, n_steps, _ = x.shape
         y = x.new_empty(n_batch, n_steps, self.n_out)
         h = x.new_zeros(n_batch, self.n_hidden)  # (B, H) state carried across chunks
         c = x.new_zeros(n_batch, self.n_hidden)
-        step = kernels.chunk_steps(n_batch, 4 * self.n_hidden)
+        step = kernels.chunk_steps(n_batch, self.n_hidden)
         for s in range(0, n_steps, step):
-            gx = F.linear(x[:, s : s + step], w_ih, bias)  # (B, chunk, 4H)
-            y[:, s : s + step] = self.fc(kernels.lstm_inference(gx, w_hh, h, c))
+            hs = kernels.lstm_inference(x[:, s : s + step], *weights, h, c)  # (B, chunk, H)
+            y[:, s : s + step] = self.fc(hs)
         return y
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -64,12 +64,52 @@ def test_elman_function_gradcheck(shape: tuple[int, int, int]) -> None:
     assert torch.autograd.gradcheck(kernels.elman_recurrence, (a, w, bias))
 
 
-@pytest.mark.parametrize("shape", [(2, 6, 3), (1, 1, 1), (3, 4, 1)])
+def _lstm_args(b: int, t: int, h: int, n_in: int = 2, seed: int = 4) -> list[torch.Tensor]:
+    """x, weight_ih, weight_hh, bias_ih, bias_hh in float64, all requiring gradients."""
+    g = 4 * h
+    shapes = [(b, t, n_in), (g, n_in), (g, h), (g,), (g,)]
+    scales = [1.0, 0.7, 0.7, 0.5, 0.5]
+    return [
+        (s * _randn(*shape, seed=seed + k, dtype=torch.float64)).requires_grad_()
+        for k, (shape, s) in enumerate(zip(shapes, scales, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3), (1, 1, 1), (3, 4, 1), (4, 3, 2)])
 def test_lstm_function_gradcheck(shape: tuple[int, int, int]) -> None:
-    b, t, h = shape
-    gx = _randn(b, t, 4 * h, seed=4, dtype=torch.float64).requires_grad_()
-    w = (0.7 * _randn(4 * h, h, seed=5, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(kernels.lstm_recurrence, (gx, w))
+    # Gradients for x, W_ih, W_hh, b_ih and b_hh, the input projection folded in.
+    args = _lstm_args(*shape)
+    assert torch.autograd.gradcheck(kernels.lstm_recurrence, args)
+
+
+@pytest.mark.parametrize("n_in", [1, 3])
+def test_lstm_function_gradcheck_other_input_sizes(n_in: int) -> None:
+    assert torch.autograd.gradcheck(kernels.lstm_recurrence, _lstm_args(2, 5, 2, n_in=n_in))
+
+
+def test_lstm_function_without_input_gradient() -> None:
+    # Training inputs need no gradient: x gets none, the parameters the same as with one.
+    args = _lstm_args(3, 7, 2)
+    dy = _randn(3, 7, 2, seed=9, dtype=torch.float64)
+    with_x = torch.autograd.grad(kernels.lstm_recurrence(*args), args, dy)
+    x = args[0].detach()
+    y = kernels.lstm_recurrence(x, *args[1:])
+    without_x = torch.autograd.grad(y, args[1:], dy)
+    for g1, g2 in zip(with_x[1:], without_x, strict=True):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    torch.testing.assert_close(with_x[3], with_x[4], rtol=0, atol=0)  # b_ih and b_hh alike
+    assert with_x[3].data_ptr() != with_x[4].data_ptr()  # but not one shared tensor
+
+
+def test_lstm_kernel_propagates_nan_and_saturates() -> None:
+    args = [a.detach() for a in _lstm_args(2, 4, 2)]
+    x = args[0].clone()
+    x[1, 2, 0] = float("nan")
+    y = kernels.lstm_recurrence(x, *args[1:])
+    assert torch.isfinite(y[0]).all() and torch.isfinite(y[1, :2]).all()
+    assert torch.isnan(y[1, 2:]).all()
+    big = kernels.lstm_recurrence(1e6 * args[0], *args[1:])  # exp far out of range
+    assert torch.isfinite(big).all() and big.abs().max() <= 1.0
 
 
 def test_rnn_tanh_path_gradcheck() -> None:
@@ -112,8 +152,13 @@ def test_kernels_reject_mismatched_inputs() -> None:
         kernels.elman_recurrence(a, torch.zeros(3, 3), torch.zeros(2))
     with pytest.raises(ValueError, match="float32 or float64"):
         kernels.elman_recurrence(a, torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2))
+    z4 = torch.zeros(4)
     with pytest.raises(ValueError, match="4 \\* hidden"):
-        kernels.lstm_recurrence(torch.zeros(1, 3, 6), torch.zeros(6, 1))
+        kernels.lstm_recurrence(a, torch.zeros(6, 2), torch.zeros(6, 1), z4, z4)
+    with pytest.raises(ValueError, match="weight_ih must have shape"):
+        kernels.lstm_recurrence(a, torch.zeros(4, 3), torch.zeros(4, 1), z4, z4)
+    with pytest.raises(ValueError, match="bias_hh must have shape"):
+        kernels.lstm_recurrence(a, torch.zeros(4, 2), torch.zeros(4, 1), z4, torch.zeros(3))
 
 
 # --- the networks: fused path == reference path ---------------------------------------------
