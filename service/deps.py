@@ -13,27 +13,28 @@ from service.inference import ModelCache
 from service.settings import Settings
 
 
-def get_db(request: Request) -> Database:
+# The trivial getters are async: a sync dependency costs a thread-pool hop per request.
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """A read session; service functions that write use get_write_session."""
-    with get_db(request).reading() as session:
+    with request.app.state.db.reading() as session:
         yield session
 
 
 def get_write_session(request: Request) -> Iterator[Session]:
     """A session that holds the database write lock and commits when the route returns."""
-    with get_db(request).writing() as session:
+    with request.app.state.db.writing() as session:
         yield session
 
 
-def get_cache(request: Request) -> ModelCache:
+async def get_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from models import scalar_rnn
-from service.deps import CacheDep, SessionDep, SettingsDep
+from service.deps import CacheDep, DbDep, SettingsDep
 from service.inference import run_predict
 from service.routes.common import problems
 from service.schemas import PredictRequest, PredictResponse, ScalarRNNRequest, ScalarRNNResponse
@@ -15,11 +15,11 @@ router = APIRouter(tags=["predict"])
 
 @router.post("/predict", response_model=PredictResponse, responses=problems(404, 409, 413, 422))
 def create_prediction(
-    body: PredictRequest, session: SessionDep, cache: CacheDep, settings: SettingsDep
+    body: PredictRequest, db: DbDep, cache: CacheDep, settings: SettingsDep
 ) -> Response:
     """Run a succeeded run's network over sequences; one output per time step."""
     outputs = run_predict(
-        session=session,
+        db=db,
         cache=cache,
         settings=settings,
         run_id=body.run_id,
