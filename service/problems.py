@@ -17,7 +17,11 @@ MEDIA_TYPE = "application/problem+json"
 
 
 class ProblemError(Exception):
-    """Raised by service functions; rendered as application/problem+json."""
+    """Raised by service functions; rendered as application/problem+json.
+
+    With the default type "about:blank", RFC 9457 asks for the HTTP status phrase as title,
+    which is the default here; `detail` says what happened.
+    """
 
     def __init__(
         self,
@@ -39,19 +43,17 @@ class ProblemError(Exception):
 
 
 def not_found(what: str, ident: str) -> ProblemError:
-    return ProblemError(404, f"{what} {ident!r} does not exist", title="Not found")
+    return ProblemError(404, f"{what} {ident!r} does not exist")
 
 
 def conflict(detail: str) -> ProblemError:
-    return ProblemError(409, detail, title="Conflict")
+    return ProblemError(409, detail)
 
 
 def invalid(errors: list[dict[str, Any]], detail: str | None = None) -> ProblemError:
     """A 422 listing offending fields as {"loc": [...], "msg": ..., "type": ...}."""
     summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-    return ProblemError(
-        422, detail or summary, title="Invalid request", type_="about:blank", errors=errors
-    )
+    return ProblemError(422, detail or summary, errors=errors)
 
 
 def problem_response(
@@ -110,7 +112,7 @@ def install(app: FastAPI) -> None:
         summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         if len(errors) > 5:
             summary += f"; and {len(errors) - 5} more"
-        return problem_response(request, 422, summary, title="Invalid request", errors=errors)
+        return problem_response(request, 422, summary, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

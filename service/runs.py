@@ -241,7 +241,6 @@ def require_succeeded(run: Run) -> None:
         raise ProblemError(
             409,
             f"run {run.id!r} {state} ({run.status.value}); only a succeeded run has weights",
-            title="Run not succeeded",
         )
 
 
