@@ -45,60 +45,34 @@ def check_limits(spec: RunCreate, settings: Settings) -> None:
         raise invalid(errors)
 
 
-def resolve_config(spec: RunCreate) -> TrainConfig:
-    """The run's full training config; the server picks a seed when none was given."""
-    seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
-    try:
-        return TrainConfig(
-            model=spec.model,
-            hidden_size=spec.hidden_size,
-            epochs=spec.epochs,
-            learning_rate=spec.learning_rate,
-            batch_size=spec.batch_size,
-            seed=seed,
-            device=spec.device,
-            n_sequences=spec.data.n_sequences,
-            seq_len=spec.data.seq_len,
-            marker_probs=spec.data.marker_probs,
-        )
-    except ValueError as e:
-        field = str(e).split(" ", 1)[0]
-        loc = ["body", "data", field] if field in ("marker_probs",) else ["body", field]
-        raise invalid([{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
+DATA_FIELDS = ("n_sequences", "seq_len", "marker_probs")  # nested under "data" in the API
 
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     """The stored (and returned) form of a config: the API's nested shape."""
-    return RunConfig(
-        model=cfg.model,
-        hidden_size=cfg.hidden_size,
-        epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        device=cfg.device,
-        data={
-            "n_sequences": cfg.n_sequences,
-            "seq_len": cfg.seq_len,
-            "marker_probs": cfg.marker_probs,
-        },
-    ).model_dump(mode="json")
+    flat = cfg.to_dict()
+    return {
+        **{k: v for k, v in flat.items() if k not in DATA_FIELDS},
+        "data": {k: flat[k] for k in DATA_FIELDS},
+    }
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:
-    data = d["data"]
-    return TrainConfig(
-        model=d["model"],
-        hidden_size=d["hidden_size"],
-        epochs=d["epochs"],
-        learning_rate=d["learning_rate"],
-        batch_size=d["batch_size"],
-        seed=d["seed"],
-        device=d["device"],
-        n_sequences=data["n_sequences"],
-        seq_len=data["seq_len"],
-        marker_probs=tuple(data["marker_probs"]),
-    )
+    """A TrainConfig from the API's nested shape; ValueError names a field that is wrong."""
+    return TrainConfig.from_dict({**{k: v for k, v in d.items() if k != "data"}, **d["data"]})
+
+
+def resolve_config(spec: RunCreate) -> TrainConfig:
+    """The run's full training config; the server picks a seed when none was given."""
+    d = spec.model_dump()
+    if d["seed"] is None:
+        d["seed"] = secrets.randbelow(2**31)
+    try:
+        return config_from_json(d)
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        loc = ["body", "data", field] if field in DATA_FIELDS else ["body", field]
+        raise invalid([{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
 
 
 def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
