@@ -55,17 +55,13 @@ def local_worker_is_dead(worker_id: str) -> bool:
 
 
 def configure_threads(settings: Settings) -> None:
-    """Give each worker its share of the cores so that workers don't oversubscribe them."""
+    """Give each worker its share of the cores so that workers don't oversubscribe them.
+
+    Only torch's pool matters: the numba kernels run serially (see models/kernels.py).
+    """
     import torch
 
-    n = settings.torch_threads()
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # numba is optional for the reference path
-        pass
+    torch.set_num_threads(settings.torch_threads())
 
 
 def warm_up_models() -> None:
