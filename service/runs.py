@@ -30,12 +30,20 @@ def check_limits(spec: RunCreate, settings: Settings) -> None:
         (("data", "n_sequences"), spec.data.n_sequences, settings.max_n_sequences),
         (("data", "seq_len"), spec.data.seq_len, settings.max_seq_len),
         (("data",), spec.data.n_sequences * spec.data.seq_len, settings.max_data_steps),
+        (
+            ("batch_size",),
+            min(spec.batch_size, spec.data.n_sequences) * spec.data.seq_len * spec.hidden_size,
+            settings.max_train_activations,
+        ),
     ]
     errors = [
         {
             "loc": ["body", *loc],
             "msg": f"must be at most {limit} on this server"
-            + (" (n_sequences × seq_len)" if loc == ("data",) else ""),
+            + {
+                ("data",): " (n_sequences × seq_len)",
+                ("batch_size",): " (min(batch_size, n_sequences) × seq_len × hidden_size)",
+            }.get(loc, ""),
             "type": "limit_exceeded",
         }
         for loc, value, limit in checks

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_n_sequences: int = Field(default=10_000, ge=1)
     max_seq_len: int = Field(default=1_000_000, ge=1)
     max_data_steps: int = Field(default=10_000_000, ge=1)  # n_sequences × seq_len per split
+    # min(batch_size, n_sequences) × seq_len × hidden_size: backpropagation through time keeps
+    # a few floats per unit and step (an LSTM ~6), so this bounds a worker's training memory.
+    max_train_activations: int = Field(default=20_000_000, ge=1)
     max_predict_steps: int = Field(default=1_000_000, ge=1)  # all sequences of one request
     max_predict_sequences: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

@@ -104,6 +104,10 @@ def test_create_run_keeps_given_seed_and_config(client: TestClient) -> None:
         ),
         ({"model": "lstm", "epochs": 10**9}, ["body", "epochs"]),
         ({"model": "lstm", "data": {"n_sequences": 10_000, "seq_len": 10_000}}, ["body", "data"]),
+        (
+            {"model": "lstm", "hidden_size": 256, "batch_size": 9, "data": {"seq_len": 100_000}},
+            ["body", "batch_size"],
+        ),
     ],
 )
 def test_create_run_rejects_bad_input(client: TestClient, body: dict, loc: list) -> None:
