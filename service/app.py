@@ -72,9 +72,8 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        response = problems.problem_response(
-            request, 413, f"request body over {self.max_bytes} bytes (RNNLAB_MAX_BODY_BYTES)"
-        )
+        detail = f"request body over {self.max_bytes} bytes (RNNLAB_MAX_BODY_BYTES)"
+        response = problems.render(request, problems.ProblemError(413, detail))
         await response(scope, receive, send)
 
 

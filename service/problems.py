@@ -50,32 +50,28 @@ def conflict(detail: str) -> ProblemError:
     return ProblemError(409, detail)
 
 
+def _summary(errors: list[dict[str, Any]], most: int = 5) -> str:
+    text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:most])
+    return text + (f"; and {len(errors) - most} more" if len(errors) > most else "")
+
+
 def invalid(errors: list[dict[str, Any]], detail: str | None = None) -> ProblemError:
     """A 422 listing offending fields as {"loc": [...], "msg": ..., "type": ...}."""
-    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-    return ProblemError(422, detail or summary, errors=errors)
+    return ProblemError(422, detail or _summary(errors), errors=errors)
 
 
-def problem_response(
-    request: Request,
-    status: int,
-    detail: str,
-    *,
-    title: str | None = None,
-    type_: str = "about:blank",
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
+def render(request: Request, exc: ProblemError) -> JSONResponse:
+    """The problem+json response for `exc`; `instance` is the request's path."""
     body: dict[str, Any] = {
-        "type": type_,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
+        "type": exc.type,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
         "instance": request.url.path,
     }
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    if exc.errors is not None:
+        body["errors"] = exc.errors
+    return JSONResponse(body, status_code=exc.status, media_type=MEDIA_TYPE, headers=exc.headers)
 
 
 def _clean_validation_errors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,34 +92,20 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(
-            request,
-            exc.status,
-            exc.detail,
-            title=exc.title,
-            type_=exc.type,
-            errors=exc.errors,
-            headers=exc.headers,
-        )
+        return render(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _clean_validation_errors(list(exc.errors()))
-        summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-        if len(errors) > 5:
-            summary += f"; and {len(errors) - 5} more"
-        return problem_response(request, 422, summary, errors=errors)
+        return render(request, invalid(_clean_validation_errors(list(exc.errors()))))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem_response(
-            request, exc.status_code, detail, headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        return render(request, ProblemError(exc.status_code, detail, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            request, 500, "the server hit an unexpected error; it has been logged"
-        )
+        detail = "the server hit an unexpected error; it has been logged"
+        return render(request, ProblemError(500, detail))
