@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +43,15 @@ def run_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def db_row(data_dir: Path, run_id: str) -> dict[str, Any]:
+    """The run's row as stored, read with plain sqlite3 (no app needed)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "rnnlab.db", timeout=30)) as con:
+        con.row_factory = sqlite3.Row
+        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    assert row is not None, run_id
+    return dict(row)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from fastapi.testclient import TestClient
 
 from service.settings import Settings
 from service.workers import HOST
-from tests.service.conftest import make_settings, run_body, wait_for
+from tests.service.conftest import db_row, make_settings, run_body, wait_for
 
 INTERRUPTIBLE_EPOCHS = 1000  # see test_workers.py
 ENDLESS_EPOCHS = 100_000
@@ -43,15 +42,6 @@ SERVER_ENV = {
     "RNNLAB_SHUTDOWN_GRACE_S": "20",
     "RNNLAB_LOG_LEVEL": "info",
 }
-
-
-def db_row(data_dir: Path, run_id: str) -> dict[str, Any]:
-    """The run's row as stored, read with plain sqlite3 (no app needed)."""
-    with contextlib.closing(sqlite3.connect(data_dir / "rnnlab.db", timeout=30)) as con:
-        con.row_factory = sqlite3.Row
-        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    assert row is not None, run_id
-    return dict(row)
 
 
 def worker_pid(worker_id: str) -> int:

@@ -6,9 +6,7 @@ before the test acts: every epoch writes to the database, which bounds how fast 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,7 +24,7 @@ from service.app import create_app
 from service.settings import Settings
 from service.tables import Run
 from service.workers import Worker
-from tests.service.conftest import make_settings, run_body, wait_for
+from tests.service.conftest import db_row, make_settings, run_body, wait_for
 
 # Long enough to interrupt at epoch 2 whatever the kernels' speed, short enough to finish
 # in a few seconds once re-queued (≈2-3 ms an epoch on one worker, mostly the database).
@@ -74,15 +72,6 @@ def when(stamp: str) -> datetime:
     t = datetime.fromisoformat(stamp)
     assert t.utcoffset() is not None and t.utcoffset().total_seconds() == 0, stamp
     return t
-
-
-def db_row(data_dir: Path, run_id: str) -> dict[str, Any]:
-    """The run's row as stored, read with plain sqlite3 (no app needed)."""
-    with contextlib.closing(sqlite3.connect(data_dir / "rnnlab.db", timeout=30)) as con:
-        con.row_factory = sqlite3.Row
-        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    assert row is not None, run_id
-    return dict(row)
 
 
 def worker_ids(client: TestClient, run_ids: list[str]) -> dict[str, str | None]:
