@@ -45,6 +45,26 @@ def _grads(y: torch.Tensor, inputs: list[torch.Tensor], dy: torch.Tensor) -> lis
     return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs, strict=True)]
 
 
+def _assert_fast_equals_reference(
+    model: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor
+) -> None:
+    """Outputs and the gradients of x and every parameter: fast path vs reference, 1e-5.
+
+    Then the no-grad (inference) path against the same reference outputs.
+    """
+    inputs = [x, *model.parameters()]
+    y = model(x)
+    grads = _grads(y, inputs, dy)
+    with reference_mode():
+        y_ref = model(x)
+        grads_ref = _grads(y_ref, inputs, dy)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        _assert_close_scaled(g, g_ref, 1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), y_ref.detach(), rtol=0, atol=1e-5)
+
+
 def _assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
     """|actual - expected| ≤ tol · max(1, max|expected|): absolute for O(1) values, relative
     for gradients that sum thousands of steps into large numbers."""
@@ -170,18 +190,8 @@ def test_forward_and_gradients_equal_reference(kind: str, shape: tuple[int, int,
     b, t, h = shape
     model = build_model(kind, n_hidden=h, seed=b * 1000 + t)
     x = _randn(b, t, 2, seed=t).requires_grad_()
-    inputs = [x, *model.parameters()]
-    y = model(x)
-    dy = _randn(*y.shape, seed=h)
-    grads = _grads(y, inputs, dy)
-    with reference_mode():
-        y_ref = model(x)
-        grads_ref = _grads(y_ref, inputs, dy)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        _assert_close_scaled(g, g_ref, 1e-5)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), y_ref, rtol=0, atol=1e-5)
+    dy = _randn(b, t, 1, seed=h)
+    _assert_fast_equals_reference(model, x, dy)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -378,15 +388,5 @@ def test_cuda_forward_and_gradients_equal_reference(kind: str, shape: tuple[int,
     b, t, h = shape
     model = build_model(kind, n_hidden=h, seed=1).cuda()
     x = _randn(b, t, 2, seed=2).cuda().requires_grad_()
-    inputs = [x, *model.parameters()]
-    y = model(x)
-    dy = torch.randn_like(y)
-    grads = _grads(y, inputs, dy)
-    with reference_mode():
-        y_ref = model(x)
-        grads_ref = _grads(y_ref, inputs, dy)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        _assert_close_scaled(g, g_ref, 1e-5)
-    with torch.inference_mode():
-        torch.testing.assert_close(model(x), y_ref.detach(), rtol=0, atol=1e-5)
+    dy = torch.randn(b, t, 1, device=x.device)
+    _assert_fast_equals_reference(model, x, dy)
