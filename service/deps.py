@@ -23,14 +23,9 @@ async def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A read session; service functions that write use get_write_session."""
+    """A read session. Routes that write open `db.writing()` themselves, so the commit
+    happens before the response is sent."""
     with request.app.state.db.reading() as session:
-        yield session
-
-
-def get_write_session(request: Request) -> Iterator[Session]:
-    """A session that holds the database write lock and commits when the route returns."""
-    with request.app.state.db.writing() as session:
         yield session
 
 
@@ -39,7 +34,6 @@ async def get_cache(request: Request) -> ModelCache:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[ModelCache, Depends(get_cache)]
 DbDep = Annotated[Database, Depends(get_db)]

@@ -44,6 +44,13 @@ SERVER_ENV = {
 }
 
 
+def wait_training(get: Any) -> dict[str, Any]:
+    """Wait until the run is running and has committed two epochs (so it is mid-training)."""
+    return wait_for(
+        get, lambda v: v["status"] == "running" and v["epochs_completed"] >= 2, START_TIMEOUT
+    )
+
+
 def worker_pid(worker_id: str) -> int:
     host, pid, _token = worker_id.split("/")
     assert host == HOST
@@ -88,7 +95,7 @@ def test_killed_worker_run_is_requeued_and_succeeds(client: TestClient, settings
     def run() -> dict[str, Any]:
         return client.get(f"/runs/{run_id}").json()
 
-    wait_for(run, lambda v: v["status"] == "running" and v["epochs_completed"] >= 2, START_TIMEOUT)
+    wait_training(run)
     pid = worker_pid(db_row(settings.data_dir, run_id)["worker_id"])
     assert pid in {p.pid for p in mp.active_children()}  # one of our pool's workers
     os.kill(pid, signal.SIGKILL)
@@ -194,11 +201,7 @@ def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
     with serve(tmp_path, tmp_path / "server1.log") as first:
         running = first.submit(epochs=INTERRUPTIBLE_EPOCHS, seed=1)
         queued = first.submit(epochs=50, seed=2)
-        wait_for(
-            lambda: first.run(running),
-            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
-            START_TIMEOUT,
-        )
+        wait_training(lambda: first.run(running))
         assert first.run(queued)["status"] == "queued"  # one worker: it waits its turn
         os.killpg(first.proc.pid, signal.SIGKILL)  # the server and its workers, at once
         first.proc.wait(30)
@@ -227,11 +230,7 @@ def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
 def test_orphaned_workers_stop_on_their_own(tmp_path: Path) -> None:
     with serve(tmp_path, tmp_path / "server.log") as server:
         run_id = server.submit(epochs=ENDLESS_EPOCHS)
-        wait_for(
-            lambda: server.run(run_id),
-            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
-            START_TIMEOUT,
-        )
+        wait_training(lambda: server.run(run_id))
         pgid = server.proc.pid
         worker = worker_pid(db_row(tmp_path, run_id)["worker_id"])
         assert worker in live_group_members(pgid)
@@ -253,11 +252,7 @@ def test_orphaned_workers_stop_on_their_own(tmp_path: Path) -> None:
 def test_sigterm_stops_the_server_gracefully(tmp_path: Path) -> None:
     with serve(tmp_path, tmp_path / "server1.log") as first:
         run_id = first.submit(epochs=INTERRUPTIBLE_EPOCHS)
-        wait_for(
-            lambda: first.run(run_id),
-            lambda v: v["status"] == "running" and v["epochs_completed"] >= 2,
-            START_TIMEOUT,
-        )
+        wait_training(lambda: first.run(run_id))
         first.proc.terminate()
         try:
             returncode = first.proc.wait(30)
