@@ -2,26 +2,33 @@
 
 from models.data import Split, Splits, adding_sequence, adding_targets, make_split, make_splits
 from models.networks import MODEL_KINDS, ElmanRNN, LSTMModel, build_model, init_parameters
+from models.population import Population, build_population, member_seed, model_seed
 from models.scalar import scalar_rnn
 from models.training import (
+    EpochReport,
     History,
+    Member,
     Metrics,
     TrainConfig,
     TrainResult,
     evaluate,
     fit,
-    model_seed,
+    halving_epochs,
     predict,
     resolve_device,
     train,
+    verdict,
 )
 
 __all__ = [
     "MODEL_KINDS",
     "ElmanRNN",
+    "EpochReport",
     "History",
     "LSTMModel",
+    "Member",
     "Metrics",
+    "Population",
     "Split",
     "Splits",
     "TrainConfig",
@@ -29,14 +36,18 @@ __all__ = [
     "adding_sequence",
     "adding_targets",
     "build_model",
+    "build_population",
     "evaluate",
     "fit",
+    "halving_epochs",
     "init_parameters",
     "make_split",
     "make_splits",
+    "member_seed",
     "model_seed",
     "predict",
     "resolve_device",
     "scalar_rnn",
     "train",
+    "verdict",
 ]

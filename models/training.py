@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,9 +19,12 @@ from models.data import (
     check_positive_int,
     make_splits,
 )
-from models.networks import MODEL_KINDS, build_model
+from models.networks import MODEL_KINDS
+from models.population import Population, build_population
 
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine")
+MAX_POPULATION = 64
 # Sequences evaluated per forward pass outside training; bounds memory, not results.
 EVAL_BATCH = 64
 
@@ -40,6 +43,10 @@ class TrainConfig:
     n_sequences: int = 9  # per split
     seq_len: int = 3000
     marker_probs: tuple[float, float, float] = DEFAULT_MARKER_PROBS
+    # Initialisations trained side by side; successive halving keeps the best one.
+    population: int = 1
+    clip_grad_norm: float = 0.0  # per member; 0: no clipping
+    lr_schedule: str = "constant"  # "cosine": decays to 0 over the epochs
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -56,6 +63,18 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         object.__setattr__(self, "marker_probs", check_marker_probs(self.marker_probs))
+        check_positive_int("population", self.population)
+        if self.population > MAX_POPULATION:
+            raise ValueError(f"population must be at most {MAX_POPULATION}, got {self.population}")
+        clip = self.clip_grad_norm
+        if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip):
+            raise ValueError(f"clip_grad_norm must be a finite number, got {clip!r}")
+        if clip < 0:
+            raise ValueError(f"clip_grad_norm must be 0 (off) or positive, got {clip!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,25 +90,106 @@ class TrainConfig:
 
 
 @dataclass
+class Member:
+    """One initialisation of a run's population: where it started and how far it got."""
+
+    index: int  # its place in the population, 0 … population-1
+    seed: int | None  # its initial-weight seed (`member_seed`); None for a network passed in
+    epochs: int = 0  # epochs it trained before it was stopped (or the run ended)
+    train_loss: float | None = None  # its last epoch's, None before its first
+    valid_loss: float | None = None
+    kept: bool = False  # the member that became the run's model
+    diverged: bool = False  # stopped because its loss became non-finite
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class History:
-    """Per-epoch losses: element k is epoch k+1's mean, never a running mean across epochs."""
+    """Per-epoch losses: element k is epoch k+1's mean, never a running mean across epochs.
+
+    For a population, each epoch's figures are those of the member with the lowest
+    validation loss at that epoch (`best_member[k]` is its index): the curve a user watching
+    the best run would have seen.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     valid_loss: list[float] = field(default_factory=list)
+    best_member: list[int] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
     stopped: bool = False  # True when should_stop() ended training early
 
     @property
     def epochs_completed(self) -> int:
         return len(self.train_loss)
 
+    @property
+    def kept(self) -> Member | None:
+        return next((m for m in self.members if m.kept), None)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What `train` tells `on_report` after each epoch."""
+
+    epoch: int
+    train_loss: float  # the best member's (lowest validation loss this epoch)
+    valid_loss: float
+    member: int  # that member's index
+    members: list[Member]  # every member's state now (copies)
+
+
+# A run's verdict from error_ratio, the fraction of the zero predictor's test error that
+# remains: at most 5 % is "learned", at most 50 % "partly", more "not learned".
+VERDICT_LEARNED = 0.05
+VERDICT_PARTLY = 0.5
+
+
+def verdict(error_ratio: float) -> str:
+    """ "learned" (≤ 5 % of the zero predictor's error), "partly" (≤ 50 %) or "not learned"."""
+    if error_ratio <= VERDICT_LEARNED:
+        return "learned"
+    if error_ratio <= VERDICT_PARTLY:
+        return "partly"
+    return "not learned"
+
 
 @dataclass(frozen=True)
 class Metrics:
-    """Test-set figures: the model's MSE, the all-zeros predictor's, and MSE on marker-1 steps."""
+    """Test-set figures: the model's MSE, the all-zeros predictor's, and both on marker-1 steps."""
 
     test_mse: float
     baseline_mse: float
     marker_mse: float | None  # None when the split has no marker-1 step
+    marker_baseline_mse: float | None = None  # the zero predictor's on marker-1 steps
+
+    @property
+    def error_ratio(self) -> float | None:
+        """test_mse / baseline_mse; None when the targets are all 0 (nothing to learn)."""
+        return self.test_mse / self.baseline_mse if self.baseline_mse > 0 else None
+
+    @property
+    def marker_error_ratio(self) -> float | None:
+        if self.marker_mse is None or not self.marker_baseline_mse:
+            return None
+        return self.marker_mse / self.marker_baseline_mse
+
+    @property
+    def verdict(self) -> str | None:
+        ratio = self.error_ratio
+        return None if ratio is None else verdict(ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test_mse": self.test_mse,
+            "baseline_mse": self.baseline_mse,
+            "marker_mse": self.marker_mse,
+            "marker_baseline_mse": self.marker_baseline_mse,
+            "error_ratio": self.error_ratio,
+            "marker_error_ratio": self.marker_error_ratio,
+            "verdict": self.verdict,
+        }
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -106,11 +206,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
 
 
-def model_seed(seed: int) -> int:
-    """The weight-initialisation seed derived from a run seed (apart from the data streams)."""
-    return int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0])
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -125,12 +220,13 @@ def _as_tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch
     return X, T
 
 
-def _mse_in_chunks(model: nn.Module, X: torch.Tensor, T: torch.Tensor) -> float:
-    total = 0.0
+def _member_mse(pop: Population, X: torch.Tensor, T: torch.Tensor) -> list[float]:
+    """Each member's MSE over a whole split, EVAL_BATCH sequences per forward pass."""
+    total = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
     for i in range(0, X.shape[0], EVAL_BATCH):
-        y = model(X[i : i + EVAL_BATCH])
-        total += float(((y - T[i : i + EVAL_BATCH]) ** 2).sum())
-    return total / T.numel()
+        y = pop(X[i : i + EVAL_BATCH])  # (K, b, T, out)
+        total += ((y - T[i : i + EVAL_BATCH]) ** 2).sum(dim=(1, 2, 3)).double()
+    return (total / T.numel()).tolist()
 
 
 def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
@@ -146,65 +242,171 @@ def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=learning_rate, fused=fusable or None)
 
 
+def halving_epochs(epochs: int, population: int) -> list[int]:
+    """After which epochs the worse half of a population stops (successive halving).
+
+    ⌈log2 K⌉ rungs at epochs · r / (rungs + 1), r = 1 … rungs: each stage between two rungs
+    (and the last, the survivor alone) trains for the same number of epochs. An epoch may
+    appear more than once (very short runs): it halves that many times.
+    """
+    rungs = math.ceil(math.log2(population)) if population > 1 else 0
+    return [max(1, epochs * r // (rungs + 1)) for r in range(1, rungs + 1)]
+
+
+def learning_rate_at(config: TrainConfig, epoch: int) -> float:
+    """Epoch `epoch`'s (1-based) learning rate under the config's schedule."""
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
+    return config.learning_rate
+
+
+def _clip_per_member(params: Sequence[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ for each member apart: its gradient's norm over all its parameters."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    sq = torch.stack([g.double().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (K,)
+    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype).view(-1, *[1] * (g.dim() - 1)))
+
+
+def _shrink(
+    pop: Population, optimizer: torch.optim.Optimizer, keep: list[int], learning_rate: float
+) -> torch.optim.Optimizer:
+    """Keep the members at positions `keep`; a new optimizer carries their Adam moments."""
+    old_state = [dict(optimizer.state.get(p, {})) for p in pop.parameters()]
+    size = pop.size
+    new_params = pop.select(keep)
+    new = make_optimizer(pop, learning_rate)
+    index = torch.tensor(keep, dtype=torch.long)
+    for state, p in zip(old_state, new_params, strict=True):
+        carried = {}
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size:
+                carried[key] = value.index_select(0, index.to(value.device))
+            else:
+                carried[key] = value.clone() if torch.is_tensor(value) else value
+        if carried:
+            new.state[p] = carried
+    return new
+
+
 def train(
     model: nn.Module,
     splits: Splits,
     config: TrainConfig,
     on_epoch: Callable[[int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_report: Callable[[EpochReport], None] | None = None,
 ) -> History:
-    """Train with MSE and Adam; report each epoch's mean train and validation loss."""
-    device = _model_device(model)
+    """Train with MSE and Adam; report each epoch's mean train and validation loss.
+
+    `model` is one network or a `Population`. A population trains every member on the same
+    batches with its own Adam moments; at the epochs of `halving_epochs` the worse half (by
+    validation loss) stops, down to one member, which is the one left in `model` at the end
+    (`history.kept`). A member whose loss turns non-finite stops at once; when every member's
+    does, FloatingPointError. A single network is trained as a population of one and its
+    weights are written back into it.
+    """
+    pop = model if isinstance(model, Population) else Population([model])
+    device = _model_device(pop)
     X, T = _as_tensors(splits.train, device)
     Xv, Tv = _as_tensors(splits.valid, device)
-    optimizer = make_optimizer(model, config.learning_rate)
-    loss_fn = nn.MSELoss()
-    history = History()
+    optimizer = make_optimizer(pop, config.learning_rate)
+    history = History(
+        members=[Member(index=i, seed=s) for i, s in zip(pop.indices, pop.seeds, strict=True)]
+    )
+    halvings = halving_epochs(config.epochs, pop.size)
     n = X.shape[0]
     for epoch in range(1, config.epochs + 1):
         if should_stop is not None and should_stop():
             history.stopped = True
             break
-        model.train()
+        lr = learning_rate_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pop.train()
         # Batches in a fixed order: no shuffling, so no RNG state enters training.
-        weighted = 0.0
+        weighted = torch.zeros(pop.size, dtype=torch.float64, device=device)
         for i in range(0, n, config.batch_size):
             xb, tb = X[i : i + config.batch_size], T[i : i + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), tb)
-            loss.backward()
+            per_member = ((pop(xb) - tb) ** 2).mean(dim=(1, 2, 3))  # (K,): each one's MSE
+            per_member.sum().backward()  # each member's gradient is its own loss's
+            if config.clip_grad_norm > 0:
+                _clip_per_member(list(pop.parameters()), config.clip_grad_norm)
             optimizer.step()
-            weighted += loss.item() * xb.shape[0]
-        train_loss = weighted / n
-        model.eval()
+            weighted += per_member.detach().double() * xb.shape[0]
+        train_losses = (weighted / n).tolist()
+        pop.eval()
         with torch.no_grad():
-            valid_loss = _mse_in_chunks(model, Xv, Tv)
-        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+            valid_losses = _member_mse(pop, Xv, Tv)
+        finite = []
+        for pos, idx in enumerate(pop.indices):
+            rec = history.members[idx]
+            rec.epochs = epoch
+            tl, vl = train_losses[pos], valid_losses[pos]
+            if math.isfinite(tl) and math.isfinite(vl):
+                rec.train_loss, rec.valid_loss = tl, vl
+                finite.append(pos)
+            else:
+                rec.diverged = True
+        if not finite:
             raise FloatingPointError(
-                f"training diverged at epoch {epoch}: train loss {train_loss}, "
-                f"valid loss {valid_loss}; try a smaller learning_rate"
+                f"training diverged at epoch {epoch}: train loss {train_losses[0]}, "
+                f"valid loss {valid_losses[0]}; try a smaller learning_rate"
             )
-        history.train_loss.append(train_loss)
-        history.valid_loss.append(valid_loss)
+        best = min(finite, key=lambda p: (valid_losses[p], pop.indices[p]))
+        history.train_loss.append(train_losses[best])
+        history.valid_loss.append(valid_losses[best])
+        history.best_member.append(pop.indices[best])
         if on_epoch is not None:
-            on_epoch(epoch, train_loss, valid_loss)
-    model.eval()
+            on_epoch(epoch, train_losses[best], valid_losses[best])
+        if on_report is not None:
+            on_report(
+                EpochReport(
+                    epoch=epoch,
+                    train_loss=train_losses[best],
+                    valid_loss=valid_losses[best],
+                    member=pop.indices[best],
+                    members=[replace(m) for m in history.members],
+                )
+            )
+        keep = finite
+        for _ in range(halvings.count(epoch)):
+            ranked = sorted(keep, key=lambda p: (valid_losses[p], pop.indices[p]))
+            keep = sorted(ranked[: math.ceil(len(ranked) / 2)])
+        if epoch == config.epochs:  # the end: the best survivor is the run's model
+            keep = [best] if best in keep else keep[:1]
+        if keep != list(range(pop.size)):
+            optimizer = _shrink(pop, optimizer, keep, lr)
+    pop.eval()
+    if not history.stopped and history.epochs_completed:
+        history.members[pop.indices[0]].kept = True
+    if pop is not model:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(pop.param(name)[0])
+        model.eval()
     return history
 
 
 def evaluate(model: nn.Module, split: Split) -> Metrics:
-    """Test MSE, the zero predictor's MSE on the same split, and MSE on marker-1 steps."""
+    """Test MSE and the zero predictor's MSE on the same split, overall and on marker-1 steps."""
     X, T = _as_tensors(split, _model_device(model))
     model.eval()
     with torch.no_grad():
         Y = torch.cat([model(X[i : i + EVAL_BATCH]) for i in range(0, X.shape[0], EVAL_BATCH)])
     sq = ((Y - T) ** 2).double()
     marker = X[:, :, 1] == 1.0  # (n, T)
-    marker_mse = float(sq[marker].mean()) if bool(marker.any()) else None
+    zero = T.double() ** 2
+    has_marker = bool(marker.any())
     return Metrics(
         test_mse=float(sq.mean()),
-        baseline_mse=float((T.double() ** 2).mean()),
-        marker_mse=marker_mse,
+        baseline_mse=float(zero.mean()),
+        marker_mse=float(sq[marker].mean()) if has_marker else None,
+        marker_baseline_mse=float(zero[marker].mean()) if has_marker else None,
     )
 
 
@@ -265,7 +467,7 @@ def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
 
 @dataclass
 class TrainResult:
-    model: nn.Module
+    model: nn.Module  # the kept member, a plain network
     history: History
     metrics: Metrics
     device: torch.device
@@ -275,11 +477,16 @@ def fit(
     config: TrainConfig,
     on_epoch: Callable[[int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_report: Callable[[EpochReport], None] | None = None,
 ) -> TrainResult:
-    """Build the data and the model from `config`, train, and evaluate on the test split."""
+    """Build the data and the population from `config`, train, evaluate the kept member."""
     device = resolve_device(config.device)
     splits = make_splits(config.seed, config.n_sequences, config.seq_len, config.marker_probs)
-    model = build_model(config.model, n_hidden=config.hidden_size, seed=model_seed(config.seed))
-    model.to(device)
-    history = train(model, splits, config, on_epoch=on_epoch, should_stop=should_stop)
+    pop = build_population(
+        config.model, seed=config.seed, size=config.population, n_hidden=config.hidden_size
+    ).to(device)
+    history = train(
+        pop, splits, config, on_epoch=on_epoch, should_stop=should_stop, on_report=on_report
+    )
+    model = pop.member(0).to(device)
     return TrainResult(model, history, evaluate(model, splits.test), device)

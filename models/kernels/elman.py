@@ -1,0 +1,233 @@
+"""The Elman recurrence h_0 = tanh(a_0), h_t = tanh(a_t + W h_{t-1} + b) as compiled loops.
+
+`a` is the input projection l1(x); W and b are hr's. A population of K members (independent
+networks trained side by side) is one more leading dimension: a[K,B,T,H], W[K,H,H], b[K,H].
+Inside the kernels the K·B sequences are one flat state vector h[u], u = n·H + j for
+sequence n = m·B + b of member m, and each time step advances all of them in one flat loop:
+the K·B recurrences are independent chains, so the CPU overlaps them instead of waiting on
+one chain's tanh after another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from models.kernels.compile import _exp, _njit
+from models.kernels.glue import _check, _np
+
+
+@_njit(inline="always")
+def _elman_setup(w, b, n_batch, n_steps):
+    """Constants over the flat state (u = n·H + j): wx[k, u] = W_m[j, k], bx[u] = b_m[j],
+    hb[u] = n·H (where sequence n's state starts), jj[u] = j, and off[u] = n·T·H + j (where
+    its step-0 value sits in a flat [N, T, H] array)."""
+    n_members, n_hidden, _ = w.shape
+    units = n_members * n_batch * n_hidden
+    wx = np.zeros((n_hidden, units))
+    bx = np.zeros(units)
+    hb = np.zeros(units, dtype=np.int64)
+    jj = np.zeros(units, dtype=np.int64)
+    off = np.zeros(units, dtype=np.int64)
+    for m in range(n_members):
+        for bi in range(n_batch):
+            n = m * n_batch + bi
+            for j in range(n_hidden):
+                u = n * n_hidden + j
+                bx[u] = b[m, j]
+                hb[u] = n * n_hidden
+                jj[u] = j
+                off[u] = n * n_steps * n_hidden + j
+                for k in range(n_hidden):
+                    wx[k, u] = w[m, j, k]
+    return wx, bx, hb, jj, off
+
+
+@_njit
+def _elman_forward(a, w, b, h, start, hs):
+    """hs[N,T,H] from a[N,T,H] (N = K·B, member-major), w[K,H,H], b[K,H]; h[N,H] carries the
+    state in and out.
+
+    With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
+    is ignored on entry; otherwise `h` holds the step before a[:, 0] (chunked inference).
+    """
+    n_seq, n_steps, n_hidden = a.shape
+    wx, bx, hb, _, off = _elman_setup(w, b, n_seq // w.shape[0], n_steps)
+    af = a.reshape(a.size)
+    hsf = hs.reshape(hs.size)
+    hf = h.reshape(h.size)
+    units = hf.size
+    state = np.empty(units)  # float64 state, rounded to the storage type in hs
+    z = np.empty(units)
+    for u in range(units):
+        state[u] = hf[u]
+    for t in range(n_steps):
+        if t == 0 and start:
+            for u in range(units):
+                z[u] = af[off[u]]
+        else:
+            for u in range(units):  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
+                z[u] = bx[u]
+            for k in range(n_hidden):
+                for u in range(units):
+                    z[u] += wx[k, u] * state[hb[u] + k]
+            for u in range(units):
+                z[u] += af[off[u] + t * n_hidden]
+        for u in range(units):
+            state[u] = 1.0 - 2.0 / (_exp(2.0 * z[u]) + 1.0)
+            hsf[off[u] + t * n_hidden] = state[u]
+    for u in range(units):
+        hf[u] = state[u]
+
+
+@_njit
+def _elman_backward(dhs, hs, w, da, dw, db):
+    """BPTT: da[N,T,H], dw[K,H,H], db[K,H] from dL/dhs[N,T,H] and the forward's hs[N,T,H].
+
+    z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
+    dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
+    kept per lane in float64 and reduced over each member's sequences at the end.
+    """
+    n_seq, n_steps, n_hidden = hs.shape
+    n_members = w.shape[0]
+    n_batch = n_seq // n_members
+    wx, _, hb, jj, off = _elman_setup(w, w[:, :, 0], n_batch, n_steps)  # (no bias needed)
+    dhsf = dhs.reshape(dhs.size)
+    hsf = hs.reshape(hs.size)
+    daf = da.reshape(da.size)
+    units = n_seq * n_hidden
+    dwx = np.zeros((n_hidden, units))
+    dbx = np.zeros(units)
+    dz = np.zeros(units)
+    prod = np.zeros((n_hidden, units))
+    carry = np.zeros(units)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
+    for t in range(n_steps - 1, -1, -1):
+        for u in range(units):
+            i = off[u] + t * n_hidden
+            h = np.float64(hsf[i])
+            dz[u] = (dhsf[i] + carry[u]) * (1.0 - h * h)
+            daf[i] = dz[u]
+        if t == 0:
+            break
+        for u in range(units):
+            dbx[u] += dz[u]
+        for k in range(n_hidden):
+            for u in range(units):
+                dwx[k, u] += dz[u] * hsf[off[u] - jj[u] + (t - 1) * n_hidden + k]
+                prod[k, u] = wx[k, u] * dz[u]
+        for u in range(units):  # carry[n·H + k] = Σ_j W[j, k] dz[n·H + j]
+            s = 0.0
+            for j in range(n_hidden):
+                s += prod[jj[u], hb[u] + j]
+            carry[u] = s
+    for m in range(n_members):
+        for j in range(n_hidden):
+            sb = 0.0
+            for bi in range(n_batch):
+                sb += dbx[(m * n_batch + bi) * n_hidden + j]
+            db[m, j] = sb
+            for k in range(n_hidden):
+                s = 0.0
+                for bi in range(n_batch):
+                    s += dwx[k, (m * n_batch + bi) * n_hidden + j]
+                dw[m, j, k] = s
+
+
+def _check_elman(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    if a.dim() != 4:
+        raise ValueError(f"a must be [members, batch, time, hidden], got {tuple(a.shape)}")
+    k, _, _, n = a.shape
+    _check("a", a, a.dtype, tuple(a.shape))
+    _check("weight", weight, a.dtype, (k, n, n))
+    _check("bias", bias, a.dtype, (k, n))
+
+
+class ElmanFunction(torch.autograd.Function):
+    """hs[K,B,T,H] = Elman recurrence of (a[K,B,T,H], weight[K,H,H], bias[K,H])."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        k, b, t, n = a.shape
+        hs = torch.empty(k * b, t, n, dtype=a.dtype)
+        h = torch.empty(k * b, n, dtype=a.dtype)  # final state, unused here
+        a3 = a.reshape(k * b, t, n)
+        _elman_forward(_np(a3), _np(weight), _np(bias), h.numpy(), True, hs.numpy())
+        ctx.save_for_backward(hs, weight)
+        return hs.view(k, b, t, n)
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, dhs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        hs, weight = ctx.saved_tensors
+        da = torch.empty_like(hs)
+        dw = torch.empty(weight.shape, dtype=hs.dtype)
+        db = torch.empty(weight.shape[:2], dtype=hs.dtype)
+        dhs3 = dhs.reshape(hs.shape)
+        _elman_backward(_np(dhs3), _np(hs), _np(weight), da.numpy(), dw.numpy(), db.numpy())
+        da = da.view(*weight.shape[:1], -1, *hs.shape[1:])
+        if hs.shape[1] == 1:
+            # One step never uses hr: no gradient at all (None), as in the reference, so that
+            # an optimizer skips hr exactly as it does there instead of seeing zeros.
+            return da, None, None
+        return da, dw, db
+
+
+def elman_population(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """hs[K,B,T,H] of K members' Elman recurrences, differentiable in a, weight and bias.
+
+    a[K,B,T,H] is each member's input projection l1(x); weight[K,H,H] and bias[K,H] are the
+    members' hr. CPU only.
+    """
+    _check_elman(a, weight, bias)
+    return ElmanFunction.apply(a, weight, bias)
+
+
+def elman_recurrence(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """hs[B,T,H]: h_0 = tanh(a_0), h_t = tanh(a_t + weight h_{t-1} + bias), differentiable.
+
+    a[B,T,H] is the input projection l1(x); weight[H,H] and bias[H] are hr's. CPU only.
+    """
+    if a.dim() != 3:
+        raise ValueError(f"a must be [batch, time, hidden], got {tuple(a.shape)}")
+    return elman_population(a[None], weight[None], bias[None])[0]
+
+
+def elman_population_inference(
+    a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, start: bool
+) -> torch.Tensor:
+    """hs[K,B,T,H] for one time chunk, no autograd; h[K,B,H] carries the state in and out.
+
+    `start` marks a[:, :, 0] as the sequences' first step (h is then ignored on entry).
+    """
+    _check_elman(a, weight, bias)
+    k, b, t, n = a.shape
+    _check("h", h, a.dtype, (k, b, n))
+    if not h.is_contiguous():
+        raise ValueError("h must be contiguous: it is updated in place")
+    hs = torch.empty(k * b, t, n, dtype=a.dtype)
+    a3 = a.reshape(k * b, t, n)
+    _elman_forward(
+        _np(a3), _np(weight), _np(bias), h.view(k * b, n).numpy(), bool(start), hs.numpy()
+    )
+    return hs.view(k, b, t, n)
+
+
+def elman_inference(
+    a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, start: bool
+) -> torch.Tensor:
+    """hs[B,T,H] for one time chunk, no autograd; h[B,H] carries the state in and out.
+
+    `start` marks a[:, 0] as the sequence's first step (h is then ignored on entry).
+    """
+    if a.dim() != 3:
+        raise ValueError(f"a must be [batch, time, hidden], got {tuple(a.shape)}")
+    if h.dim() != 2:
+        raise ValueError(f"h must be [batch, hidden], got {tuple(h.shape)}")
+    return elman_population_inference(a[None], weight[None], bias[None], h[None], start)[0]

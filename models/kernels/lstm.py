@@ -1,0 +1,413 @@
+"""torch.nn.LSTM's cell (gates i, f, g, o) as compiled loops, forward and BPTT.
+
+The input projection x_t W_ih^T + b_ih + b_hh is folded into the loop (n_input is tiny, so it
+is a few multiply-adds a step), which saves a (B, T, 4H) tensor and two torch ops per pass.
+A population of K members (independent networks trained side by side on the same batches)
+is one more leading dimension of the weights, W_ih[K,G,I], W_hh[K,G,H], biases [K,G], and of
+the outputs, hs[K,B,T,H]; the input x[B,T,I] is shared.
+
+Each step does its activations for all K·B sequences at once: one flat loop over the K·B·4H
+gates (then K·B·H cells) with the vectorizable `_exp`; tanh(z) is written as 2 σ(2z) - 1 so
+one loop handles all four gate kinds. Each sequence's arithmetic is the same whatever the
+batch or the population, so results depend on neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from models.kernels.compile import _exp, _njit
+from models.kernels.glue import _check, _np
+
+
+@_njit(inline="always")
+def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch):
+    """Constants of a pass, laid out over a step's flat gate vector z[q], q = gate·P + n·H + j
+    (gate-major, then sequence n = m·B + b of member m, then unit j; P = K·B·H), so that each
+    per-step loop is one flat loop over the whole population (LLVM vectorizes `_exp`):
+
+    wix[k, q] = W_ih[m, gate·H + j, k], whx[k, q] = W_hh[m, gate·H + j, k], biasx[q] = b_ih +
+    b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, hb[q] = n·H (where
+    sequence n's state starts in a flat [P] vector), xb[q] = b (its row of x) and nb[q] = n.
+    """
+    n_members, _, n_hidden = w_hh.shape
+    n_input = w_ih.shape[2]
+    units = n_members * n_batch * n_hidden
+    wix = np.zeros((n_input, 4 * units))
+    whx = np.zeros((n_hidden, 4 * units))
+    biasx = np.zeros(4 * units)
+    scale = np.ones(4 * units)
+    hb = np.zeros(4 * units, dtype=np.int64)
+    xb = np.zeros(4 * units, dtype=np.int64)
+    nb = np.zeros(4 * units, dtype=np.int64)
+    for gate in range(4):
+        for m in range(n_members):
+            for bi in range(n_batch):
+                n = m * n_batch + bi
+                for j in range(n_hidden):
+                    q = gate * units + n * n_hidden + j
+                    r = gate * n_hidden + j
+                    biasx[q] = np.float64(b_ih[m, r]) + np.float64(b_hh[m, r])
+                    for k in range(n_input):
+                        wix[k, q] = w_ih[m, r, k]
+                    for k in range(n_hidden):
+                        whx[k, q] = w_hh[m, r, k]
+                    hb[q] = n * n_hidden
+                    xb[q] = bi
+                    nb[q] = n
+        if gate == 2:
+            scale[2 * units : 3 * units] = 2.0
+    return wix, whx, biasx, scale, hb, xb, nb
+
+
+@_njit(inline="always")
+def _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z):
+    """Step t for the whole population in place: z[4P] ← the activated gates (layout of
+    `_lstm_setup`), and c, tc = tanh(c), h [P] ← step t's from step t-1's."""
+    units = h.shape[0]
+    for q in range(z.shape[0]):
+        s = biasx[q]
+        for k in range(wix.shape[0]):
+            s += wix[k, q] * x[xb[q], t, k]
+        z[q] = s
+    for k in range(whx.shape[0]):
+        for q in range(z.shape[0]):
+            z[q] += whx[k, q] * h[hb[q] + k]
+    for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
+        a = scale[q]
+        z[q] = a / (1.0 + _exp(-a * z[q])) - (a - 1.0)
+    for p in range(units):  # unit p's i, f, g, o: z[p], z[P + p], z[2P + p], z[3P + p]
+        c[p] = z[units + p] * c[p] + z[p] * z[2 * units + p]
+        tc[p] = 1.0 - 2.0 / (_exp(2.0 * c[p]) + 1.0)
+        h[p] = z[3 * units + p] * tc[p]
+
+
+@_njit
+def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, hs, cs, tcs, gates):
+    """hs[N,T,H] (N = K·B, member-major) from x[B,T,I] and zero initial state; keeps, for the
+    backward pass, the activated gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and
+    tcs = tanh(cs)."""
+    n_batch, n_steps, _ = x.shape
+    n_seq, _, n_hidden = hs.shape
+    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    units = n_seq * n_hidden
+    h = np.zeros(units)  # float64 state, rounded to the storage type in hs/cs
+    c = np.zeros(units)
+    tc = np.zeros(units)
+    z = np.zeros(4 * units)
+    for t in range(n_steps):
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        for q in range(4 * units):
+            gates[t, q] = z[q]
+        for p in range(units):
+            cs[t, p] = c[p]
+            tcs[t, p] = tc[p]
+        for n in range(n_seq):
+            for j in range(n_hidden):
+                hs[n, t, j] = h[n * n_hidden + j]
+
+
+@_njit
+def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, h_io, c_io, hs):
+    """hs[N,T,H] from x[B,T,I]; h_io[N,H] and c_io[N,H] carry the state in and out.
+
+    Stores no gates or cells: memory is hs plus O(N·G).
+    """
+    n_batch, n_steps, _ = x.shape
+    n_seq, _, n_hidden = hs.shape
+    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    units = n_seq * n_hidden
+    h = np.zeros(units)
+    c = np.zeros(units)
+    for n in range(n_seq):
+        for j in range(n_hidden):
+            h[n * n_hidden + j] = h_io[n, j]
+            c[n * n_hidden + j] = c_io[n, j]
+    tc = np.zeros(units)
+    z = np.zeros(4 * units)
+    for t in range(n_steps):
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        for n in range(n_seq):
+            for j in range(n_hidden):
+                hs[n, t, j] = h[n * n_hidden + j]
+    for n in range(n_seq):
+        for j in range(n_hidden):
+            h_io[n, j] = h[n * n_hidden + j]
+            c_io[n, j] = c[n * n_hidden + j]
+
+
+@_njit
+def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, want_dx, dx, dw_ih, dw_hh, db):
+    """BPTT from dL/dhs[N,T,H]: dx[B,T,I] (when want_dx; summed over members, who share x),
+    dw_ih[K,G,I], dw_hh[K,G,H], db[K,G].
+
+    gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
+    h_t = o tanh(c_t), walking back in time:
+    dh = dhs_t + W_hh^T dz_{t+1};  dc = dc_{t+1} f_{t+1} + dh o (1 - tanh²c_t);
+    dz = [dc g · i(1-i), dc c_{t-1} · f(1-f), dc i · (1-g²), dh tanh c_t · o(1-o)];
+    dx_t = W_ih^T dz_t, dW_ih += dz_t x_t^T, db += dz_t, dW_hh += dz_t h_{t-1}^T.
+    Sums are kept per lane (gate, sequence, unit) in float64 and reduced over each member's
+    sequences at the end.
+    """
+    n_seq, n_steps, n_hidden = hs.shape
+    n_batch = x.shape[0]
+    n_members = w_hh.shape[0]
+    n_input = w_ih.shape[2]
+    units = n_seq * n_hidden
+    # (the biases do not enter the backward pass: any [K, G] array stands in for them)
+    b_any = w_ih[:, :, 0]
+    wix, whx, _, _, _, xb, nb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch)
+    dwix = np.zeros((n_input, 4 * units))
+    dwhx = np.zeros((n_hidden, 4 * units))
+    dbx = np.zeros(4 * units)
+    dz = np.zeros(4 * units)
+    prod = np.zeros((n_hidden, 4 * units))
+    dxt = np.zeros((n_batch, n_input))
+    dh = np.zeros(units)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
+    dc_carry = np.zeros(units)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
+    for t in range(n_steps - 1, -1, -1):
+        for n in range(n_seq):
+            for j in range(n_hidden):
+                dh[n * n_hidden + j] += dhs[n, t, j]
+        for p in range(units):
+            i = np.float64(gates[t, p])
+            f = np.float64(gates[t, units + p])
+            g = np.float64(gates[t, 2 * units + p])
+            o = np.float64(gates[t, 3 * units + p])
+            c_prev = np.float64(cs[t - 1, p]) if t > 0 else 0.0
+            tc = np.float64(tcs[t, p])
+            dc = dc_carry[p] + dh[p] * o * (1.0 - tc * tc)
+            dz[p] = dc * g * i * (1.0 - i)
+            dz[units + p] = dc * c_prev * f * (1.0 - f)
+            dz[2 * units + p] = dc * i * (1.0 - g * g)
+            dz[3 * units + p] = dh[p] * tc * o * (1.0 - o)
+            dc_carry[p] = dc * f
+        for q in range(4 * units):
+            dbx[q] += dz[q]
+            for k in range(n_input):
+                dwix[k, q] += dz[q] * x[xb[q], t, k]
+        if want_dx:
+            dxt[:] = 0.0
+            for n in range(n_seq):
+                bi = n % n_batch
+                for k in range(n_input):
+                    s = 0.0
+                    for gate in range(4):
+                        for j in range(n_hidden):
+                            q = gate * units + n * n_hidden + j
+                            s += wix[k, q] * dz[q]
+                    dxt[bi, k] += s
+            for bi in range(n_batch):
+                for k in range(n_input):
+                    dx[bi, t, k] = dxt[bi, k]
+        if t == 0:
+            break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
+        for k in range(n_hidden):
+            for q in range(4 * units):
+                dwhx[k, q] += dz[q] * hs[nb[q], t - 1, k]
+                prod[k, q] = whx[k, q] * dz[q]
+        # dh[n·H + k] = Σ over gate and j of W_hh[gate·H + j, k] dz[gate·P + n·H + j]
+        for n in range(n_seq):
+            for k in range(n_hidden):
+                s = 0.0
+                for gate in range(4):
+                    base = gate * units + n * n_hidden
+                    for j in range(n_hidden):
+                        s += prod[k, base + j]
+                dh[n * n_hidden + k] = s
+    for m in range(n_members):
+        for gate in range(4):
+            for j in range(n_hidden):
+                r = gate * n_hidden + j
+                sb = 0.0
+                for bi in range(n_batch):
+                    sb += dbx[gate * units + (m * n_batch + bi) * n_hidden + j]
+                db[m, r] = sb
+                for k in range(n_input):
+                    s = 0.0
+                    for bi in range(n_batch):
+                        s += dwix[k, gate * units + (m * n_batch + bi) * n_hidden + j]
+                    dw_ih[m, r, k] = s
+                for k in range(n_hidden):
+                    s = 0.0
+                    for bi in range(n_batch):
+                        s += dwhx[k, gate * units + (m * n_batch + bi) * n_hidden + j]
+                    dw_hh[m, r, k] = s
+
+
+def _check_lstm(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"x must be [batch, time, input], got {tuple(x.shape)}")
+    if weight_hh.dim() != 3 or weight_hh.shape[1] != 4 * weight_hh.shape[2]:
+        raise ValueError(
+            f"weight_hh must be [members, 4 * hidden, hidden], got {tuple(weight_hh.shape)}"
+        )
+    n_members, n_gates, _ = weight_hh.shape
+    _check("x", x, x.dtype, tuple(x.shape))
+    _check("weight_hh", weight_hh, x.dtype, tuple(weight_hh.shape))
+    _check("weight_ih", weight_ih, x.dtype, (n_members, n_gates, x.shape[2]))
+    _check("bias_ih", bias_ih, x.dtype, (n_members, n_gates))
+    _check("bias_hh", bias_hh, x.dtype, (n_members, n_gates))
+
+
+class LSTMFunction(torch.autograd.Function):
+    """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        weight_ih: torch.Tensor,
+        weight_hh: torch.Tensor,
+        bias_ih: torch.Tensor,
+        bias_hh: torch.Tensor,
+    ) -> torch.Tensor:
+        n_batch, n_steps, _ = x.shape
+        n_members, _, n_hidden = weight_hh.shape
+        n_seq = n_members * n_batch
+        hs = torch.empty(n_seq, n_steps, n_hidden, dtype=x.dtype)
+        units = n_seq * n_hidden
+        cs = torch.empty(n_steps, units, dtype=x.dtype)
+        tcs = torch.empty_like(cs)
+        gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
+        x, weight_ih, weight_hh = x.contiguous(), weight_ih.contiguous(), weight_hh.contiguous()
+        _lstm_forward_train(
+            _np(x),
+            _np(weight_ih),
+            _np(weight_hh),
+            _np(bias_ih),
+            _np(bias_hh),
+            hs.numpy(),
+            cs.numpy(),
+            tcs.numpy(),
+            gates.numpy(),
+        )
+        ctx.save_for_backward(x, weight_ih, weight_hh, hs, cs, tcs, gates)
+        return hs.view(n_members, n_batch, n_steps, n_hidden)
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, dhs: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, weight_ih, weight_hh, hs, cs, tcs, gates = ctx.saved_tensors
+        want_dx = bool(ctx.needs_input_grad[0])
+        dx = torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype)
+        dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
+        dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
+        db = torch.empty(weight_hh.shape[:2], dtype=x.dtype)
+        _lstm_backward(
+            _np(dhs.reshape(hs.shape)),
+            _np(x),
+            _np(hs),
+            _np(cs),
+            _np(tcs),
+            _np(gates),
+            _np(weight_ih),
+            _np(weight_hh),
+            want_dx,
+            dx.numpy(),
+            dw_ih.numpy(),
+            dw_hh.numpy(),
+            db.numpy(),
+        )
+        # b_ih and b_hh enter every gate as a sum: the same gradient, as separate tensors
+        # (one shared tensor could end up as both parameters' .grad and be accumulated twice).
+        return dx if want_dx else None, dw_ih, dw_hh, db, db.clone()
+
+
+def lstm_population(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+) -> torch.Tensor:
+    """hs[K,B,T,H] of K one-layer torch.nn.LSTMs (batch_first) from zero state on the same x.
+
+    x[B,T,I]; weight_ih[K,4H,I], weight_hh[K,4H,H], bias_ih[K,4H], bias_hh[K,4H] stack the
+    members' weight_ih_l0 ... bias_hh_l0. Differentiable in all five. CPU only.
+    """
+    _check_lstm(x, weight_ih, weight_hh, bias_ih, bias_hh)
+    return LSTMFunction.apply(x, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _one_member(*weights: torch.Tensor) -> list[torch.Tensor]:
+    if weights[1].dim() != 2 or weights[1].shape[0] != 4 * weights[1].shape[1]:
+        raise ValueError(f"weight_hh must be [4 * hidden, hidden], got {tuple(weights[1].shape)}")
+    return [w[None] for w in weights]
+
+
+def lstm_recurrence(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+) -> torch.Tensor:
+    """hs[B,T,H] of a one-layer torch.nn.LSTM (batch_first) from zero state, differentiable.
+
+    x[B,T,I]; weight_ih[4H,I], weight_hh[4H,H], bias_ih[4H], bias_hh[4H] are nn.LSTM's
+    weight_ih_l0 ... bias_hh_l0. Differentiable in all five. CPU only.
+    """
+    return lstm_population(x, *_one_member(weight_ih, weight_hh, bias_ih, bias_hh))[0]
+
+
+def lstm_population_inference(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+) -> torch.Tensor:
+    """hs[K,B,T,H] for one time chunk, no autograd; h[K,B,H] and c[K,B,H] carry the state in
+    and out. Zero h and c on entry give torch.nn.LSTM's default initial state."""
+    _check_lstm(x, weight_ih, weight_hh, bias_ih, bias_hh)
+    n_members, _, n_hidden = weight_hh.shape
+    n_batch = x.shape[0]
+    for name, t in (("h", h), ("c", c)):
+        _check(name, t, x.dtype, (n_members, n_batch, n_hidden))
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous: it is updated in place")
+    n_seq = n_members * n_batch
+    hs = torch.empty(n_seq, x.shape[1], n_hidden, dtype=x.dtype)
+    _lstm_forward_infer(
+        _np(x),
+        _np(weight_ih),
+        _np(weight_hh),
+        _np(bias_ih),
+        _np(bias_hh),
+        h.view(n_seq, n_hidden).numpy(),
+        c.view(n_seq, n_hidden).numpy(),
+        hs.numpy(),
+    )
+    return hs.view(n_members, n_batch, x.shape[1], n_hidden)
+
+
+def lstm_inference(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+) -> torch.Tensor:
+    """hs[B,T,H] for one time chunk, no autograd; h[B,H] and c[B,H] carry the state in and out.
+
+    Zero h and c on entry give torch.nn.LSTM's default initial state.
+    """
+    weights = _one_member(weight_ih, weight_hh, bias_ih, bias_hh)
+    return lstm_population_inference(x, *weights, h[None], c[None])[0]
