@@ -48,7 +48,9 @@ RECIPES: dict[str, dict[str, object]] = {
 }
 
 
-def one_run(args: tuple[str, dict[str, object], int, int | None]) -> tuple[str, str, int, float, float]:
+def one_run(
+    args: tuple[str, dict[str, object], int, int | None],
+) -> tuple[str, str, int, float, float]:
     """(recipe, model, seed, error ratio, seconds) of one run with one torch thread."""
     name, fields_, seed, model_and_epochs = args[0], args[1], args[2], args[3]
     torch.set_num_threads(1)
@@ -112,9 +114,7 @@ def main() -> None:
             if len(results[key]) == expected[key]:
                 ratios = [r for r, _ in results[key]]
                 print(summarise(name, model, ratios, [s for _, s in results[key]]), flush=True)
-                print(
-                    "    ratios %: " + " ".join(f"{x * 100:.2f}" for x in ratios), flush=True
-                )
+                print("    ratios %: " + " ".join(f"{x * 100:.2f}" for x in ratios), flush=True)
 
 
 if __name__ == "__main__":

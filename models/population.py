@@ -162,7 +162,9 @@ class Population(nn.Module):
         """Each member's own network forward on its slice of the stacked weights, stacked."""
         template = self._template[0]
         outs = [
-            functional_call(template, {n: p[m] for n, p in zip(self.names, self.params, strict=True)}, (x,))
+            functional_call(
+                template, {n: p[m] for n, p in zip(self.names, self.params, strict=True)}, (x,)
+            )
             for m in range(self.size)
         ]
         return torch.stack(outs)

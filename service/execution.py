@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import save as save_safetensors
 
-from models import build_model, evaluate, make_splits, model_seed, resolve_device, train
+from models import EpochReport, build_population, evaluate, make_splits, resolve_device, train
 from service import lifecycle
 from service.db import Database
 from service.lifecycle import Claim, LostClaim
@@ -78,20 +78,29 @@ def execute(
         device = resolve_device(cfg.device)
         lifecycle.set_device(db, claim, str(device))
         splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
-        model = build_model(cfg.model, n_hidden=cfg.hidden_size, seed=model_seed(cfg.seed))
-        model.to(device)
+        pop = build_population(
+            cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
+        ).to(device)
         cancel = False
 
-        def on_epoch(epoch: int, train_loss: float, valid_loss: float) -> None:
+        def on_report(report: EpochReport) -> None:
             nonlocal cancel
-            cancel = lifecycle.record_epoch(db, claim, epoch, train_loss, valid_loss)
+            cancel = lifecycle.record_epoch(
+                db,
+                claim,
+                report.epoch,
+                report.train_loss,
+                report.valid_loss,
+                member=report.member,
+                members=[m.to_dict() for m in report.members],
+            )
 
         with _Heartbeat(db, claim, heartbeat_interval_s) as beat:
             history = train(
-                model,
+                pop,
                 splits,
                 cfg,
-                on_epoch=on_epoch,
+                on_report=on_report,
                 should_stop=lambda: cancel or beat.lost or should_stop(),
             )
         if beat.lost:
@@ -102,16 +111,14 @@ def execute(
                 return "cancelled"
             lifecycle.requeue(db, claim)
             return "queued"
+        model = pop.member(0)  # the kept member: the run's model from here on
         metrics = evaluate(model, splits.test)
         lifecycle.finish_succeeded(
             db,
             claim,
-            metrics={
-                "test_mse": metrics.test_mse,
-                "baseline_mse": metrics.baseline_mse,
-                "marker_mse": metrics.marker_mse,
-            },
+            metrics=metrics.to_dict(),
             checkpoint=checkpoint_bytes(model, kind=cfg.model, run_id=claim.run_id),
+            members=[m.to_dict() for m in history.members],
         )
         return "succeeded"
     except LostClaim as e:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from service import runs
 from service.db import Database
 from service.tables import Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
@@ -80,6 +81,8 @@ def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim |
         attempt, config = session.execute(
             select(Run.attempt, Run.config).where(Run.id == run_id)
         ).one()
+        members = runs.initial_members(runs.config_from_json(config))
+        session.execute(update(Run).where(Run.id == run_id).values(members=members))
     return Claim(run_id=run_id, attempt=attempt, worker_id=worker_id, config=config)
 
 
@@ -93,8 +96,22 @@ def set_device(db: Database, c: Claim, device: str) -> None:
         _update_owned(session, c, device=device, heartbeat_at=utcnow())
 
 
-def record_epoch(db: Database, c: Claim, epoch: int, train_loss: float, valid_loss: float) -> bool:
-    """Store one epoch's losses the moment it ends; return whether a cancel was requested."""
+def record_epoch(
+    db: Database,
+    c: Claim,
+    epoch: int,
+    train_loss: float,
+    valid_loss: float,
+    *,
+    member: int | None = None,
+    members: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Store one epoch's losses the moment it ends; return whether a cancel was requested.
+
+    `member` is whose losses they are (the best member this epoch), `members` the whole
+    population's state now.
+    """
+    values: dict[str, Any] = {"members": members} if members is not None else {}
     with db.writing() as session:
         _update_owned(
             session,
@@ -103,9 +120,16 @@ def record_epoch(db: Database, c: Claim, epoch: int, train_loss: float, valid_lo
             train_loss=train_loss,
             valid_loss=valid_loss,
             heartbeat_at=utcnow(),
+            **values,
         )
         session.add(
-            EpochLoss(run_id=c.run_id, epoch=epoch, train_loss=train_loss, valid_loss=valid_loss)
+            EpochLoss(
+                run_id=c.run_id,
+                epoch=epoch,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                member=member,
+            )
         )
         return bool(session.scalar(select(Run.cancel_requested).where(Run.id == c.run_id)))
 
@@ -116,13 +140,20 @@ def cancel_requested(db: Database, c: Claim) -> bool:
 
 
 def finish_succeeded(
-    db: Database, c: Claim, *, metrics: dict[str, float | None], checkpoint: bytes
+    db: Database,
+    c: Claim,
+    *,
+    metrics: dict[str, float | str | None],
+    checkpoint: bytes,
+    members: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Weights, test metrics and the final status, in one transaction."""
+    """Weights, test metrics, the members (which one was kept) and the final status, at once."""
+    values: dict[str, Any] = {"members": members} if members is not None else {}
     with db.writing() as session:
         _update_owned(
             session,
             c,
+            **values,
             status=RunStatus.succeeded,
             finished_at=utcnow(),
             heartbeat_at=None,

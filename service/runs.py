@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.training import TrainConfig
+from models.population import member_seed
+from models.training import Member, TrainConfig
 from service.problems import ProblemError, conflict, invalid, not_found
-from service.schemas import Losses, RunConfig, RunCreate, RunMetrics, RunRead
+from service.schemas import Losses, MemberRead, RunConfig, RunCreate, RunMetrics, RunRead
 from service.settings import Settings
 from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
@@ -32,7 +33,10 @@ def check_limits(spec: RunCreate, settings: Settings) -> None:
         (("data",), spec.data.n_sequences * spec.data.seq_len, settings.max_data_steps),
         (
             ("batch_size",),
-            min(spec.batch_size, spec.data.n_sequences) * spec.data.seq_len * spec.hidden_size,
+            min(spec.batch_size, spec.data.n_sequences)
+            * spec.data.seq_len
+            * spec.hidden_size
+            * spec.population,
             settings.max_train_activations,
         ),
     ]
@@ -42,7 +46,8 @@ def check_limits(spec: RunCreate, settings: Settings) -> None:
             "msg": f"must be at most {limit} on this server"
             + {
                 ("data",): " (n_sequences × seq_len)",
-                ("batch_size",): " (min(batch_size, n_sequences) × seq_len × hidden_size)",
+                ("batch_size",): " (min(batch_size, n_sequences) × seq_len × hidden_size"
+                " × population)",
             }.get(loc, ""),
             "type": "limit_exceeded",
         }
@@ -65,9 +70,19 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+# Fields added after runs were first stored, with the values those runs were trained with.
+LEGACY_FIELDS: dict[str, Any] = {"population": 1, "clip_grad_norm": 0.0, "lr_schedule": "constant"}
+
+
 def config_from_json(d: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from the API's nested shape; ValueError names a field that is wrong."""
-    return TrainConfig.from_dict({**{k: v for k, v in d.items() if k != "data"}, **d["data"]})
+    flat = {**LEGACY_FIELDS, **{k: v for k, v in d.items() if k != "data"}, **d["data"]}
+    return TrainConfig.from_dict(flat)
+
+
+def initial_members(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The members of a run that has not trained yet: their indices and seeds."""
+    return [Member(index=i, seed=member_seed(cfg.seed, i)).to_dict() for i in range(cfg.population)]
 
 
 def resolve_config(spec: RunCreate) -> TrainConfig:
@@ -97,6 +112,7 @@ def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
         attempt=0,
         requeues=0,
         cancel_requested=False,
+        members=initial_members(cfg),
     )
     session.add(run)
     session.flush()
@@ -115,7 +131,7 @@ def to_read(run: Run) -> RunRead:
         id=run.id,
         status=run.status,
         model=run.model,  # type: ignore[arg-type]
-        config=RunConfig.model_validate(run.config),
+        config=RunConfig.model_validate({**LEGACY_FIELDS, **run.config}),
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
@@ -129,6 +145,10 @@ def to_read(run: Run) -> RunRead:
             test_mse=run.test_mse,
             baseline_mse=run.baseline_mse,
             marker_mse=run.marker_mse,
+            marker_baseline_mse=run.marker_baseline_mse,
+            error_ratio=run.error_ratio,
+            marker_error_ratio=run.marker_error_ratio,
+            verdict=run.verdict,  # type: ignore[arg-type]
         ),
     )
 
@@ -215,6 +235,12 @@ def read_losses(*, session: Session, run_id: str) -> Losses:
         train_loss=[r[1] for r in rows],
         valid_loss=[r[2] for r in rows],
     )
+
+
+def read_members(*, session: Session, run_id: str) -> list[MemberRead]:
+    """The run's population, one entry per member (empty until a worker starts it)."""
+    run = get_run_or_404(session=session, run_id=run_id)
+    return [MemberRead.model_validate(m) for m in run.members or []]
 
 
 def require_succeeded(run: Run) -> None:

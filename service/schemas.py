@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from models.data import DEFAULT_MARKER_PROBS
-from models.training import TrainConfig
+from models.training import (
+    LR_SCHEDULES,
+    MAX_POPULATION,
+    VERDICT_LEARNED,
+    VERDICT_PARTLY,
+    TrainConfig,
+)
 from service.tables import RunStatus
 
 _DEFAULTS = TrainConfig()
@@ -19,6 +25,20 @@ Count = Annotated[int, Strict()]  # no "5" or true for a count
 Step = Annotated[list[Finite], Field(min_length=2, max_length=2)]
 ModelKind = Literal["elman", "lstm"]
 Device = Literal["auto", "cpu", "cuda"]
+LRSchedule = Literal["constant", "cosine"]
+Verdict = Literal["learned", "partly", "not learned"]
+assert set(LR_SCHEDULES) == {"constant", "cosine"}
+
+POPULATION_DESCRIPTION = (
+    "initialisations (members) trained side by side on the same batches; successive halving "
+    "by validation loss stops the worse half at fixed fractions of the epochs, down to one "
+    "member, which becomes the run's model"
+)
+VERDICT_DESCRIPTION = (
+    f"did the network learn the task? From error_ratio: 'learned' at most "
+    f"{VERDICT_LEARNED:g} ({VERDICT_LEARNED:.0%} of the zero predictor's error remains), "
+    f"'partly' at most {VERDICT_PARTLY:g}, else 'not learned'"
+)
 
 
 class Body(BaseModel):
@@ -44,6 +64,18 @@ class RunCreate(Body):
         default=None, ge=0, lt=2**63, description="omitted: the server picks and records one"
     )
     device: Device = "auto"
+    population: Count = Field(
+        default=_DEFAULTS.population, ge=1, le=MAX_POPULATION, description=POPULATION_DESCRIPTION
+    )
+    clip_grad_norm: Finite = Field(
+        default=_DEFAULTS.clip_grad_norm,
+        ge=0,
+        description="clip each member's gradient to this norm before every step; 0: off",
+    )
+    lr_schedule: LRSchedule = Field(
+        default=_DEFAULTS.lr_schedule,  # type: ignore[arg-type]
+        description="constant, or cosine: decays from learning_rate to 0 over the epochs",
+    )
     data: DataSpec = Field(default_factory=DataSpec)
 
     model_config = ConfigDict(
@@ -58,6 +90,9 @@ class RunCreate(Body):
                     "batch_size": 3,
                     "seed": 0,
                     "device": "auto",
+                    "population": _DEFAULTS.population,
+                    "clip_grad_norm": _DEFAULTS.clip_grad_norm,
+                    "lr_schedule": _DEFAULTS.lr_schedule,
                     "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
                 }
             ]
@@ -75,6 +110,9 @@ class RunConfig(BaseModel):
     batch_size: int
     seed: int
     device: Device
+    population: int
+    clip_grad_norm: float
+    lr_schedule: LRSchedule
     data: DataSpec
 
 
@@ -84,6 +122,55 @@ class RunMetrics(BaseModel):
     test_mse: float | None
     baseline_mse: float | None = Field(description="test MSE of always predicting 0")
     marker_mse: float | None = Field(description="test MSE on marker-1 steps only")
+    marker_baseline_mse: float | None = Field(
+        description="the zero predictor's test MSE on marker-1 steps"
+    )
+    error_ratio: float | None = Field(
+        description="test_mse / baseline_mse: the fraction of the zero predictor's error left"
+    )
+    marker_error_ratio: float | None = Field(
+        description="marker_mse / marker_baseline_mse: the same on marker-1 steps only"
+    )
+    verdict: Verdict | None = Field(description=VERDICT_DESCRIPTION)
+
+
+# A real default LSTM run (seed 1), as GET /runs/{id} showed it.
+RUN_EXAMPLE: dict[str, Any] = {
+    "id": "3f1c9a6e0b7d4c2a8e5f1b0d9c7a6e4f",
+    "status": "succeeded",
+    "model": "lstm",
+    "config": {
+        "model": "lstm",
+        "hidden_size": 2,
+        "epochs": _DEFAULTS.epochs,
+        "learning_rate": _DEFAULTS.learning_rate,
+        "batch_size": 3,
+        "seed": 1,
+        "device": "auto",
+        "population": _DEFAULTS.population,
+        "clip_grad_norm": _DEFAULTS.clip_grad_norm,
+        "lr_schedule": _DEFAULTS.lr_schedule,
+        "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
+    },
+    "created_at": "2026-11-29T10:00:00Z",
+    "started_at": "2026-11-29T10:00:00.05Z",
+    "finished_at": "2026-11-29T10:00:06.2Z",
+    "epochs_completed": _DEFAULTS.epochs,
+    "attempt": 1,
+    "device": "cpu",
+    "error": None,
+    "metrics": {
+        "train_loss": 0.00071,
+        "valid_loss": 0.00069,
+        "test_mse": 0.00072,
+        "baseline_mse": 0.167,
+        "marker_mse": 0.0014,
+        "marker_baseline_mse": 0.334,
+        "error_ratio": 0.0043,
+        "marker_error_ratio": 0.0043,
+        "verdict": "learned",
+    },
+}
 
 
 class RunRead(BaseModel):
@@ -99,6 +186,20 @@ class RunRead(BaseModel):
     device: str | None
     error: str | None
     metrics: RunMetrics
+
+    model_config = ConfigDict(json_schema_extra={"examples": [RUN_EXAMPLE]})
+
+
+class MemberRead(BaseModel):
+    """One initialisation of a run's population."""
+
+    index: int = Field(description="0 … population-1")
+    seed: int | None = Field(description="its initial-weight seed")
+    epochs: int = Field(description="epochs it trained before it was stopped or the run ended")
+    train_loss: float | None = Field(description="its last epoch's mean training loss")
+    valid_loss: float | None = Field(description="its last epoch's validation MSE")
+    kept: bool = Field(description="true for the member that became the run's model")
+    diverged: bool = Field(description="stopped because its loss became non-finite")
 
 
 class RunList(BaseModel):

@@ -101,6 +101,12 @@ class Run(Base):
     test_mse: Mapped[float | None] = mapped_column(Float)
     baseline_mse: Mapped[float | None] = mapped_column(Float)
     marker_mse: Mapped[float | None] = mapped_column(Float)
+    marker_baseline_mse: Mapped[float | None] = mapped_column(Float)
+    error_ratio: Mapped[float | None] = mapped_column(Float)
+    marker_error_ratio: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    # The population's members (models.Member as dicts), rewritten with every epoch.
+    members: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_runs_status_created_at", "status", "created_at"),
@@ -115,6 +121,7 @@ class EpochLoss(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     train_loss: Mapped[float] = mapped_column(Float)
     valid_loss: Mapped[float] = mapped_column(Float)
+    member: Mapped[int | None] = mapped_column(Integer)  # whose losses these are (the best)
 
 
 class Checkpoint(Base):

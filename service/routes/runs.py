@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from service import runs
 from service.deps import DbDep, SessionDep, SettingsDep
 from service.routes.common import problems
-from service.schemas import Losses, ModelKind, RunCreate, RunList, RunRead
+from service.schemas import Losses, MemberRead, ModelKind, RunCreate, RunList, RunRead
 from service.tables import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -59,8 +59,14 @@ def read_run(session: SessionDep, run_id: str) -> RunRead:
 
 @router.get("/{run_id}/losses", response_model=Losses, responses=problems(404))
 def read_losses(session: SessionDep, run_id: str) -> Losses:
-    """Per-epoch training and validation loss; grows while the run trains."""
+    """Per-epoch training and validation loss of that epoch's best member; grows while it trains."""
     return runs.read_losses(session=session, run_id=run_id)
+
+
+@router.get("/{run_id}/members", response_model=list[MemberRead], responses=problems(404))
+def read_members(session: SessionDep, run_id: str) -> list[MemberRead]:
+    """The run's population: each member's seed, epochs trained, last losses and which was kept."""
+    return runs.read_members(session=session, run_id=run_id)
 
 
 @router.post(

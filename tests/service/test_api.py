@@ -63,6 +63,10 @@ def test_create_run_defaults_and_location(client: TestClient) -> None:
         "test_mse": None,
         "baseline_mse": None,
         "marker_mse": None,
+        "marker_baseline_mse": None,
+        "error_ratio": None,
+        "marker_error_ratio": None,
+        "verdict": None,
     }
 
 

@@ -301,8 +301,10 @@ def test_diverging_runs(client: TestClient, settings: Settings) -> None:
     losses = get_losses(client, huge)
     assert losses["epochs"] == [1, 2, 3]
     assert all(math.isfinite(x) for x in losses["train_loss"] + losses["valid_loss"])
-    assert all(math.isfinite(v) for v in run["metrics"].values() if v is not None)
+    numbers = [v for k, v in run["metrics"].items() if k != "verdict" and v is not None]
+    assert all(math.isfinite(v) for v in numbers)
     assert run["metrics"]["test_mse"] > run["metrics"]["baseline_mse"]  # it learned nothing
+    assert run["metrics"]["error_ratio"] > 1 and run["metrics"]["verdict"] == "not learned"
 
     run = get_run(client, overflowing)
     assert run["status"] == "failed"
