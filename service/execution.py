@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -47,6 +48,101 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
+class _EpochWriter(threading.Thread):
+    """Stores epochs off the training thread: training never waits on the database.
+
+    The trainer hands each epoch to `put` and goes on; this thread writes whatever has
+    piled up in one transaction (`lifecycle.record_epochs`), then waits `coalesce_s` so
+    that fast epochs share transactions. So an epoch is visible through the API within
+    about coalesce_s plus one write of its end, and every epoch is written exactly once:
+    a batch leaves the queue only when its transaction has committed. Each write also reads
+    the cancel flag (`cancel`). `catch_up` holds the trainer back if the database falls
+    more than `max_lag_s` behind, so a slow disk cannot let the backlog, or the time to see
+    a cancel, grow without bound.
+    """
+
+    def __init__(
+        self, db: Database, claim: Claim, *, coalesce_s: float = 0.05, max_lag_s: float = 0.5
+    ) -> None:
+        super().__init__(name=f"epochs-{claim.run_id}", daemon=True)
+        self.db, self.claim = db, claim
+        self.coalesce_s, self.max_lag_s = coalesce_s, max_lag_s
+        self.cond = threading.Condition()
+        self.pending: list[tuple[float, lifecycle.EpochRow]] = []
+        self.closing = False
+        self.cancel = False
+        self.lost = False
+        self.error: BaseException | None = None
+
+    def put(self, row: lifecycle.EpochRow) -> None:
+        with self.cond:
+            self.pending.append((time.monotonic(), row))
+            self.cond.notify_all()
+
+    def catch_up(self) -> None:
+        """Block while the oldest unwritten epoch is older than max_lag_s."""
+        with self.cond:
+            while (
+                self.pending
+                and not (self.lost or self.error)
+                and time.monotonic() - self.pending[0][0] > self.max_lag_s
+            ):
+                self.cond.wait(0.05)
+
+    def run(self) -> None:
+        failures = 0
+        while True:
+            with self.cond:
+                while not self.pending and not self.closing:
+                    self.cond.wait()
+                if not self.pending:
+                    return
+                batch = [row for _, row in self.pending]
+            try:
+                cancel = lifecycle.record_epochs(self.db, self.claim, batch)
+            except LostClaim:
+                with self.cond:
+                    self.lost = True
+                    self.pending.clear()
+                    self.cond.notify_all()
+                return
+            except Exception as e:  # a busy database: keep the epochs and try again
+                failures += 1
+                log.exception("storing epochs of run %s failed", self.claim.run_id)
+                if self.closing and failures >= 5:
+                    with self.cond:
+                        self.error = e
+                        self.cond.notify_all()
+                    return
+                time.sleep(min(2.0, 0.1 * failures))
+                continue
+            failures = 0
+            with self.cond:
+                del self.pending[: len(batch)]
+                self.cancel = self.cancel or cancel
+                self.cond.notify_all()
+                # Let the next epochs pile up (puts notify; only closing cuts this short).
+                deadline = time.monotonic() + self.coalesce_s
+                while not self.closing and (left := deadline - time.monotonic()) > 0:
+                    self.cond.wait(left)
+
+    def __enter__(self) -> _EpochWriter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write everything still queued, then stop; raises what made that impossible."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
 def checkpoint_bytes(model: torch.nn.Module, *, kind: str, run_id: str) -> bytes:
     """The model's state_dict as safetensors, tensor names unchanged."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -81,29 +177,26 @@ def execute(
         pop = build_population(
             cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
         ).to(device)
-        cancel = False
 
         def on_report(report: EpochReport) -> None:
-            nonlocal cancel
-            cancel = lifecycle.record_epoch(
-                db,
-                claim,
-                report.epoch,
-                report.train_loss,
-                report.valid_loss,
-                member=report.member,
-                members=[m.to_dict() for m in report.members],
+            writer.put(
+                lifecycle.EpochRow(
+                    epoch=report.epoch,
+                    train_loss=report.train_loss,
+                    valid_loss=report.valid_loss,
+                    member=report.member,
+                    members=[m.to_dict() for m in report.members],
+                )
             )
 
-        with _Heartbeat(db, claim, heartbeat_interval_s) as beat:
-            history = train(
-                pop,
-                splits,
-                cfg,
-                on_report=on_report,
-                should_stop=lambda: cancel or beat.lost or should_stop(),
-            )
-        if beat.lost:
+        def stop_now() -> bool:
+            writer.catch_up()
+            return writer.cancel or writer.lost or beat.lost or should_stop()
+
+        with _Heartbeat(db, claim, heartbeat_interval_s) as beat, _EpochWriter(db, claim) as writer:
+            history = train(pop, splits, cfg, on_report=on_report, should_stop=stop_now)
+        cancel = writer.cancel
+        if beat.lost or writer.lost:
             raise LostClaim(f"run {claim.run_id} was taken away while training")
         if history.stopped:
             if cancel or lifecycle.cancel_requested(db, claim):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from service import runs
@@ -96,42 +96,55 @@ def set_device(db: Database, c: Claim, device: str) -> None:
         _update_owned(session, c, device=device, heartbeat_at=utcnow())
 
 
-def record_epoch(
-    db: Database,
-    c: Claim,
-    epoch: int,
-    train_loss: float,
-    valid_loss: float,
-    *,
-    member: int | None = None,
-    members: list[dict[str, Any]] | None = None,
-) -> bool:
-    """Store one epoch's losses the moment it ends; return whether a cancel was requested.
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch as stored: its losses (the best member's), whose they are, the population."""
 
-    `member` is whose losses they are (the best member this epoch), `members` the whole
-    population's state now.
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    member: int | None = None
+    members: list[dict[str, Any]] | None = None
+
+
+def record_epochs(db: Database, c: Claim, rows: list[EpochRow]) -> bool:
+    """Store consecutive epochs in one transaction; return whether a cancel was requested.
+
+    The run row takes the last epoch's figures (and population state); each epoch gets its
+    own `epoch_losses` row. Conditioned on the claim like every write: a worker that lost
+    its claim stores nothing.
     """
-    values: dict[str, Any] = {"members": members} if members is not None else {}
+    last = rows[-1]
+    values: dict[str, Any] = {"members": last.members} if last.members is not None else {}
     with db.writing() as session:
         _update_owned(
             session,
             c,
-            epochs_completed=epoch,
-            train_loss=train_loss,
-            valid_loss=valid_loss,
+            epochs_completed=last.epoch,
+            train_loss=last.train_loss,
+            valid_loss=last.valid_loss,
             heartbeat_at=utcnow(),
             **values,
         )
-        session.add(
-            EpochLoss(
-                run_id=c.run_id,
-                epoch=epoch,
-                train_loss=train_loss,
-                valid_loss=valid_loss,
-                member=member,
-            )
+        session.execute(
+            insert(EpochLoss),
+            [
+                {
+                    "run_id": c.run_id,
+                    "epoch": r.epoch,
+                    "train_loss": r.train_loss,
+                    "valid_loss": r.valid_loss,
+                    "member": r.member,
+                }
+                for r in rows
+            ],
         )
         return bool(session.scalar(select(Run.cancel_requested).where(Run.id == c.run_id)))
+
+
+def record_epoch(db: Database, c: Claim, epoch: int, train_loss: float, valid_loss: float) -> bool:
+    """Store one epoch's losses; return whether a cancel was requested."""
+    return record_epochs(db, c, [EpochRow(epoch, train_loss, valid_loss)])
 
 
 def cancel_requested(db: Database, c: Claim) -> bool:
