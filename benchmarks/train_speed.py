@@ -14,6 +14,16 @@ loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hid
 - reference (Elman only): the same rnnlab model under `models.networks.reference_mode()`,
   the readable per-step nn.Linear loop.
 
+Then, with torch's default thread count:
+
+- population: `models.train` on a population of K = 1, 2, 4, 8, 16 members (no halving inside
+  the measured epochs), ms per epoch and the ratio to K = 1;
+- service: what a user sees through rnnlab — a real `rnnlab serve` (SQLite, one local
+  worker) trains runs of E1 and E2 epochs; per-epoch cost = (duration(E2) - duration(E1)) /
+  (E2 - E1) from the runs' started_at/finished_at, so setup and the final evaluation cancel
+  out; the same difference for `models.fit` in-process, the population-1 and the default
+  recipe's population.
+
 Variants alternate within each round after warm-up epochs, so load from other processes hits
 them alike; the figures are medians over rounds. The whole table is measured once per torch
 thread count in --threads: by default torch's own default (one thread per core, what the
@@ -28,12 +38,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import torch
 from torch import nn
 
-from models import build_model, make_splits
+from models import TrainConfig, build_model, build_population, fit, make_splits, train
 from models.networks import reference_mode
 from models.training import make_optimizer
 
@@ -154,6 +165,118 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
         print(f"{name:<18} {med * 1e3:9.2f} {min(ts) * 1e3:9.2f} {len(ts):7d}   {ratio}")
 
 
+def population_rows(args: argparse.Namespace, splits: Any) -> None:
+    """ms per epoch of models.train for populations of K members, both kinds."""
+    print(f"\npopulation: models.train, {torch.get_num_threads()} thread(s), ms per epoch")
+    print(f"{'kind':<6} {'K':>3} {'median':>9} {'vs K=1':>7}")
+    for kind in ("lstm", "elman"):
+        base = None
+        for k in (1, 2, 4, 8, 16):
+            # A huge epoch count puts the first halving far away; should_stop ends it early.
+            cfg = TrainConfig(model=kind, epochs=10**9, population=k, learning_rate=args.lr)
+            times: list[float] = []
+            for _ in range(3):
+                pop = build_population(kind, seed=0, size=k)
+                left = [args.warmup + args.population_epochs]
+                start = [0.0]
+
+                def stop(left: list[int] = left, start: list[float] = start) -> bool:
+                    left[0] -= 1
+                    if left[0] == args.population_epochs - 1:
+                        start[0] = time.perf_counter()
+                    return left[0] < 0
+
+                train(pop, splits, cfg, should_stop=stop)
+                times.append((time.perf_counter() - start[0]) / args.population_epochs)
+            med = statistics.median(times)
+            base = base or med
+            print(f"{kind:<6} {k:>3} {med * 1e3:9.2f} {med / base:6.2f}x")
+
+
+def _served_durations(
+    base_url: str, kind: str, population: int, epochs: tuple[int, int], lr: float
+) -> list[float]:
+    """Wall seconds from started_at to finished_at of one run per epoch count."""
+    import httpx
+
+    out = []
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        for n in epochs:
+            body = {"model": kind, "epochs": n, "seed": 1, "population": population}
+            body["learning_rate"] = lr
+            run = http.post("/runs", json=body).json()
+            while run["status"] in ("queued", "running"):
+                time.sleep(0.05)
+                run = http.get(f"/runs/{run['id']}").json()
+            if run["status"] != "succeeded":
+                raise RuntimeError(f"run {run['id']} ended {run['status']}: {run['error']}")
+            started = datetime.fromisoformat(run["started_at"])
+            finished = datetime.fromisoformat(run["finished_at"])
+            out.append((finished - started).total_seconds())
+    return out
+
+
+def service_rows(args: argparse.Namespace) -> None:
+    """Per-epoch cost through `rnnlab serve` next to models.fit in-process."""
+    import contextlib
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    e1, e2 = args.service_epochs
+    default_k = TrainConfig().population
+    print(
+        f"\nservice: per-epoch ms = (run of {e2} epochs - run of {e1}) / {e2 - e1}; "
+        "rnnlab serve with 1 local worker on SQLite vs models.fit in this process"
+    )
+    print(f"{'kind':<6} {'K':>3} {'in-process':>11} {'service':>9} {'overhead':>9}")
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+        env.update(RNNLAB_DATA_DIR=tmp, RNNLAB_WORKERS="1", RNNLAB_LOG_LEVEL="warning")
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/readyz").json().get("status") == "ok":
+                        break
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("rnnlab serve did not become ready")
+                time.sleep(0.2)
+            for kind in ("lstm", "elman"):
+                for k in dict.fromkeys((1, default_k)):
+                    served = [_served_durations(url, kind, k, (e1, e2), args.lr) for _ in range(3)]
+                    service = statistics.median((b - a) / (e2 - e1) for a, b in served)
+                    local = []
+                    for _ in range(3):
+                        ts = []
+                        for n in (e1, e2):
+                            cfg = TrainConfig(
+                                model=kind, epochs=n, seed=1, population=k, learning_rate=args.lr
+                            )
+                            start = time.perf_counter()
+                            fit(cfg)
+                            ts.append(time.perf_counter() - start)
+                        local.append((ts[1] - ts[0]) / (e2 - e1))
+                    inproc = statistics.median(local)
+                    print(
+                        f"{kind:<6} {k:>3} {inproc * 1e3:11.2f} {service * 1e3:9.2f} "
+                        f"{(service / inproc - 1) * 100:8.1f}%"
+                    )
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-sequences", type=int, default=9)
@@ -164,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed epochs per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per variant")
     parser.add_argument("--reference-rounds", type=int, default=5, help="for the slow loop")
+    parser.add_argument("--population-epochs", type=int, default=10)
+    parser.add_argument(
+        "--service-epochs", type=int, nargs=2, default=(20, 120), metavar=("E1", "E2")
+    )
+    parser.add_argument("--skip", default="", help="comma-separated: eager, population, service")
     default_threads = torch.get_num_threads()
     parser.add_argument(
         "--threads",
@@ -177,11 +305,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.as_tensor(a, dtype=torch.float32)
         for a in (splits.train.X, splits.train.T, splits.valid.X, splits.valid.T)
     )
-    for i, threads in enumerate(int(t) for t in args.threads.split(",")):
-        torch.set_num_threads(threads)
-        if i:
-            print()
-        report(args, measure(args, data))
+    skip = set(args.skip.split(","))
+    if "eager" not in skip:
+        for i, threads in enumerate(int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            if i:
+                print()
+            report(args, measure(args, data))
+    torch.set_num_threads(default_threads)
+    if "population" not in skip:
+        population_rows(args, splits)
+    if "service" not in skip:
+        service_rows(args)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_predict_sequences: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     model_cache_size: int = Field(default=16, ge=1)
+    events_poll_s: float = Field(default=0.25, gt=0)  # how often a /events stream looks
 
     log_level: str = "info"
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service import runs
+from service import events, runs
 from service.deps import DbDep, SessionDep, SettingsDep
+from service.problems import not_found
 from service.routes.common import problems
 from service.schemas import Losses, MemberRead, ModelKind, RunCreate, RunList, RunRead
 from service.tables import RunStatus
@@ -67,6 +71,41 @@ def read_losses(session: SessionDep, run_id: str) -> Losses:
 def read_members(session: SessionDep, run_id: str) -> list[MemberRead]:
     """The run's population: each member's seed, epochs trained, last losses and which was kept."""
     return runs.read_members(session=session, run_id=run_id)
+
+
+async def _existing_run_id(db: DbDep, run_id: str) -> str:
+    """The path's run id, or 404 before any response (a stream cannot turn into an error)."""
+    if await anyio.to_thread.run_sync(events.read_snapshot, db, run_id, 10**12) is None:
+        raise not_found("run", run_id)
+    return run_id
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "text/event-stream: `status` events (the run as GET /runs/{id} "
+            "shows it) at the start and at every change, one `epoch` event per epoch "
+            '(`{"epoch", "train_loss", "valid_loss"}`, id: the epoch), keep-alive comments; '
+            "ends after the run's final status. Reconnect with Last-Event-ID to get only the "
+            "epochs after it.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problems(404),
+    },
+)
+async def read_events(
+    db: DbDep,
+    settings: SettingsDep,
+    run_id: Annotated[str, Depends(_existing_run_id)],
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow a run live: its status changes and each epoch's losses as Server-Sent Events."""
+    async for event in events.run_events(
+        db, run_id, last_event_id=last_event_id, poll_s=settings.events_poll_s
+    ):
+        yield event
 
 
 @router.post(

@@ -34,11 +34,15 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 def run_body(**overrides: Any) -> dict[str, Any]:
-    """A POST /runs body small enough to train in a fraction of a second."""
+    """A POST /runs body small enough to train in a fraction of a second.
+
+    Two members: every lifecycle test (cancel, re-queue, kill, restart) runs a population.
+    """
     body: dict[str, Any] = {
         "model": "lstm",
         "epochs": 3,
         "seed": 7,
+        "population": 2,
         "data": {"n_sequences": 3, "seq_len": 40},
     }
     body.update(overrides)
