@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import db as database
 from service import lifecycle, problems
 from service.inference import ModelCache
-from service.routes import health, predict, runs
+from service.routes import compare, health, plots, predict, runs
 from service.settings import Settings, get_settings
 from service.workers import WorkerPool, local_worker_is_dead, warm_up_models
 
@@ -122,6 +122,8 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     problems.install(app)
     app.include_router(runs.router)
     app.include_router(predict.router)
+    app.include_router(plots.router)
+    app.include_router(compare.router)
     app.include_router(health.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs")
 

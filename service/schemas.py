@@ -280,3 +280,29 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompareItem(BaseModel):
+    """One run's figures next to the zero predictor's."""
+
+    run_id: str
+    status: RunStatus
+    model: ModelKind
+    hidden_size: int
+    population: int
+    epochs: int = Field(description="epochs completed")
+    test_mse: float | None
+    baseline_mse: float | None = Field(description="test MSE of always predicting 0")
+    marker_mse: float | None
+    error_ratio: float | None = Field(
+        description="test_mse / baseline_mse: the fraction of the zero predictor's error left"
+    )
+    verdict: Verdict | None = Field(description=VERDICT_DESCRIPTION)
+
+
+class Comparison(BaseModel):
+    runs: list[CompareItem]
+    best: str | None = Field(
+        description="the succeeded run with the lowest error_ratio; null when none succeeded"
+    )
+    summary: str = Field(description="the answer in one sentence")

@@ -1,0 +1,300 @@
+"""The notebook's figures, rendered on the server with matplotlib's Agg backend (SVG or PNG).
+
+No pyplot: each figure is its own `Figure` on a `FigureCanvasAgg`, so renderings in the thread
+pool share no global state. A semaphore bounds how many render at once, the points drawn are
+capped, and a finished run's plots are cached (its data can no longer change).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import make_splits, predict
+from service.db import Database
+from service.inference import ModelCache
+from service.problems import invalid, not_found
+from service.runs import config_from_json, get_run_or_404, require_succeeded
+from service.tables import ENDED, EpochLoss, Run
+
+Format = Literal["svg", "png"]
+MEDIA_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
+MAX_LINE_POINTS = 4000  # per curve: longer series are thinned evenly (ends kept)
+MAX_SCATTER_POINTS = 20_000
+MAX_COMPARE_RUNS = 20
+MAX_PREDICTION_STEPS = 5000
+
+# SVG text stays text (<text> elements, searchable and small) instead of glyph paths.
+matplotlib.rcParams["svg.fonttype"] = "none"
+
+_render_slots = threading.BoundedSemaphore(2)
+_cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+_cache_lock = threading.Lock()
+CACHE_SIZE = 256
+
+
+def _thin(n: int, cap: int) -> np.ndarray:
+    """Indices of at most `cap` of n points, evenly spread, first and last included."""
+    if n <= cap:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
+def _render(fig: Figure, fmt: Format) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=100, bbox_inches="tight", metadata=_metadata(fmt))
+    return buf.getvalue()
+
+
+def _metadata(fmt: Format) -> dict[str, Any]:
+    # No creation date in SVGs: the same plot renders to the same bytes.
+    return {"Date": None} if fmt == "svg" else {}
+
+
+def _cached(key: tuple[Any, ...], cacheable: bool, draw: Any) -> bytes:
+    if cacheable:
+        with _cache_lock:
+            hit = _cache.get(key)
+            if hit is not None:
+                _cache.move_to_end(key)
+                return hit
+    with _render_slots:
+        data = draw()
+    if cacheable:
+        with _cache_lock:
+            _cache[key] = data
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+    return data
+
+
+def forget(run_id: str) -> None:
+    """Drop a run's cached plots (when it is deleted)."""
+    with _cache_lock:
+        for key in [k for k in _cache if run_id in str(k[1]).split(",")]:
+            del _cache[key]
+
+
+def _label(run: Run) -> str:
+    return f"{run.model} H={run.config['hidden_size']} ({run.id[:8]})"
+
+
+def _losses(session: Session, run_id: str) -> tuple[list[int], list[float], list[float]]:
+    rows = session.execute(
+        select(EpochLoss.epoch, EpochLoss.train_loss, EpochLoss.valid_loss)
+        .where(EpochLoss.run_id == run_id)
+        .order_by(EpochLoss.epoch)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def _loss_axes(fig: Figure) -> Any:
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
+
+
+def losses_plot(*, db: Database, run_id: str, fmt: Format) -> bytes:
+    """Training and validation loss per epoch, log scale; works while the run trains."""
+    with db.reading() as session:
+        run = get_run_or_404(session=session, run_id=run_id)
+        epochs, train, valid = _losses(session, run_id)
+        title = (
+            f"{run.model.upper()}, hidden size {run.config['hidden_size']} — run {run.id}"
+            f"\n{run.status.value}, {len(epochs)} of {run.config['epochs']} epochs"
+        )
+        ended, attempt = run.status in ENDED, run.attempt
+
+    def draw() -> bytes:
+        fig = Figure(figsize=(8, 4.5))
+        ax = _loss_axes(fig)
+        keep = _thin(len(epochs), MAX_LINE_POINTS)
+        x = np.asarray(epochs)[keep] if epochs else []
+        ax.plot(x, np.asarray(train)[keep] if train else [], label="training loss")
+        ax.plot(x, np.asarray(valid)[keep] if valid else [], label="validation loss")
+        if not epochs:
+            ax.text(0.5, 0.5, "no epoch yet", transform=ax.transAxes, ha="center")
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+        return _render(fig, fmt)
+
+    return _cached(("losses", run_id, attempt, fmt), ended, draw)
+
+
+def _test_split(run: Run) -> Any:
+    cfg = config_from_json(run.config)
+    return make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs).test
+
+
+def _check_index(index: int | None, n: int) -> None:
+    if index is not None and not 0 <= index < n:
+        raise invalid(
+            [
+                {
+                    "loc": ["query", "index"],
+                    "msg": f"must be a test sequence index, 0 … {n - 1}, for this run",
+                    "type": "out_of_range",
+                }
+            ]
+        )
+
+
+def _succeeded_run(db: Database, run_id: str) -> Run:
+    with db.reading() as session:
+        run = get_run_or_404(session=session, run_id=run_id)
+        require_succeeded(run)  # 409: no weights yet
+        session.expunge(run)
+    return run
+
+
+def predictions_plot(
+    *,
+    db: Database,
+    cache: ModelCache,
+    run_id: str,
+    index: int,
+    start: int,
+    steps: int,
+    fmt: Format,
+) -> bytes:
+    """A test sequence's targets and the model's outputs over time, marker-1 steps shown."""
+    run = _succeeded_run(db, run_id)
+    cfg = config_from_json(run.config)
+    _check_index(index, cfg.n_sequences)
+    if not 0 <= start < cfg.seq_len:
+        raise invalid(
+            [
+                {
+                    "loc": ["query", "start"],
+                    "msg": f"must be 0 … {cfg.seq_len - 1} (the run's sequences have "
+                    f"{cfg.seq_len} steps)",
+                    "type": "out_of_range",
+                }
+            ]
+        )
+
+    def draw() -> bytes:
+        split = _test_split(run)
+        model = cache.get(db, run_id)
+        end = min(cfg.seq_len, start + steps)
+        x = split.X[index]
+        (y,) = predict(model, [x[:end]])
+        t = np.arange(start, end)
+        target = split.T[index, start:end, 0]
+        output = y[start:end, 0]
+        marker = x[start:end, 1] == 1.0
+        fig = Figure(figsize=(10, 4))
+        ax = fig.add_subplot()
+        ax.plot(t, target, label="target", color="tab:blue", linewidth=1.2)
+        ax.plot(t, output, label="prediction", color="tab:orange", linewidth=1.0)
+        ax.scatter(
+            t[marker], target[marker], s=12, color="tab:red", zorder=3, label="marker-1 steps"
+        )
+        ax.set_xlabel("time step")
+        ax.set_ylabel("output")
+        ax.set_title(
+            f"{run.model.upper()}, hidden size {cfg.hidden_size} — run {run.id}\n"
+            f"test sequence {index}, steps {start} … {end - 1}",
+            fontsize=10,
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+        return _render(fig, fmt)
+
+    return _cached(("predictions", run_id, index, start, steps, fmt), True, draw)
+
+
+def scatter_plot(
+    *, db: Database, cache: ModelCache, run_id: str, index: int | None, fmt: Format
+) -> bytes:
+    """Predicted against target over the test split (or one sequence), with the identity."""
+    run = _succeeded_run(db, run_id)
+    cfg = config_from_json(run.config)
+    _check_index(index, cfg.n_sequences)
+
+    def draw() -> bytes:
+        split = _test_split(run)
+        model = cache.get(db, run_id)
+        rows = range(cfg.n_sequences) if index is None else [index]
+        outputs = predict(model, [split.X[i] for i in rows])
+        target = np.concatenate([split.T[i, :, 0] for i in rows])
+        output = np.concatenate([o[:, 0] for o in outputs])
+        keep = _thin(len(target), MAX_SCATTER_POINTS)
+        fig = Figure(figsize=(5.5, 5.5))
+        ax = fig.add_subplot()
+        ax.scatter(target[keep], output[keep], s=4, alpha=0.4, label="time steps")
+        lo = float(min(target.min(), output.min()))
+        hi = float(max(target.max(), output.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="identity")
+        ax.set_xlabel("target")
+        ax.set_ylabel("prediction")
+        where = "all test sequences" if index is None else f"test sequence {index}"
+        ax.set_title(
+            f"{run.model.upper()}, hidden size {cfg.hidden_size} — run {run.id}\n{where}",
+            fontsize=9,
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+        return _render(fig, fmt)
+
+    return _cached(("scatter", run_id, index, fmt), True, draw)
+
+
+def parse_run_ids(value: str) -> list[str]:
+    """`runs=<id>,<id>,…` → ids; 422 when empty, duplicated or too many."""
+    ids = [v.strip() for v in value.split(",")]
+    problem = None
+    if not value.strip() or any(not i for i in ids):
+        problem = "must be a comma-separated list of run ids"
+    elif len(ids) > MAX_COMPARE_RUNS:
+        problem = f"at most {MAX_COMPARE_RUNS} runs"
+    elif len(set(ids)) != len(ids):
+        problem = "names a run more than once"
+    if problem:
+        raise invalid([{"loc": ["query", "runs"], "msg": problem, "type": "value_error"}])
+    return ids
+
+
+def load_runs(session: Session, ids: Sequence[str]) -> list[Run]:
+    """The runs in the order asked; 404 naming the first unknown one."""
+    found = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(ids)))}
+    for i in ids:
+        if i not in found:
+            raise not_found("run", i)
+    return [found[i] for i in ids]
+
+
+def compare_plot(*, db: Database, ids: Sequence[str], fmt: Format) -> bytes:
+    """Several runs' validation losses overlaid, labelled by model kind and hidden size."""
+    with db.reading() as session:
+        runs = load_runs(session, ids)
+        curves = [(_label(r), *_losses(session, r.id)[::2]) for r in runs]
+        key = ("compare", ",".join(ids), tuple((r.attempt, r.epochs_completed) for r in runs), fmt)
+        ended = all(r.status in ENDED for r in runs)
+
+    def draw() -> bytes:
+        fig = Figure(figsize=(8, 4.5))
+        ax = _loss_axes(fig)
+        for label, epochs, valid in curves:
+            keep = _thin(len(epochs), MAX_LINE_POINTS)
+            ax.plot(np.asarray(epochs)[keep], np.asarray(valid)[keep], label=label)
+        ax.set_ylabel("validation MSE (log scale)")
+        ax.set_title(f"validation loss of {len(curves)} runs", fontsize=10)
+        ax.legend(fontsize=8)
+        return _render(fig, fmt)
+
+    return _cached(key, ended, draw)

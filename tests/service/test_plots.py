@@ -1,0 +1,138 @@
+"""Plots (SVG parses as XML, PNG has its signature and size) and /compare."""
+
+from __future__ import annotations
+
+import struct
+import xml.etree.ElementTree as ET
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.workers import Worker
+from tests.service.conftest import run_body
+
+PROBLEM = "application/problem+json"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def train_now(client: TestClient) -> None:
+    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+
+
+def svg_text(data: bytes) -> str:
+    root = ET.fromstring(data)  # valid XML, or this raises
+    assert root.tag.endswith("svg")
+    return " ".join(t.strip() for t in root.itertext() if t.strip())
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    return width, height
+
+
+@pytest.fixture
+def runs(client: TestClient) -> dict[str, str]:
+    ids = {
+        "lstm": client.post("/runs", json=run_body(epochs=6)).json()["id"],
+        "elman": client.post("/runs", json=run_body(model="elman", hidden_size=3, epochs=4)).json()[
+            "id"
+        ],
+    }
+    train_now(client)
+    ids["queued"] = client.post("/runs", json=run_body()).json()["id"]
+    return ids
+
+
+def problem(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    return r.json()
+
+
+def test_losses_plot_svg_and_png(client: TestClient, runs: dict[str, str]) -> None:
+    rid = runs["lstm"]
+    r = client.get(f"/runs/{rid}/plots/losses.svg")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    text = svg_text(r.content)
+    assert f"LSTM, hidden size 2 — run {rid}" in text
+    for label in ("epoch", "MSE (log scale)", "training loss", "validation loss", "6 of 6 epochs"):
+        assert label in text
+    r = client.get(f"/runs/{rid}/plots/losses.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    w, h = png_size(r.content)
+    assert w > 300 and h > 200
+    # Still works for a run that has not trained yet (an empty curve), and is not cached.
+    assert client.get(f"/runs/{runs['queued']}/plots/losses.svg").status_code == 200
+
+
+def test_prediction_and_scatter_plots(client: TestClient, runs: dict[str, str]) -> None:
+    rid = runs["lstm"]
+    expected = {
+        "predictions.svg?index=1&start=5&steps=20": ["test sequence 1, steps 5 … 24", "target"],
+        "scatter.svg?index=0": ["test sequence 0", "identity", "prediction"],
+        "scatter.svg": ["all test sequences", "identity"],
+    }
+    for path, labels in expected.items():
+        r = client.get(f"/runs/{rid}/plots/{path}")
+        assert r.status_code == 200, r.text
+        text = svg_text(r.content)
+        assert f"run {rid}" in text
+        for label in labels:
+            assert label in text, (path, label)
+    r = client.get(f"/runs/{rid}/plots/predictions.png")
+    assert r.status_code == 200 and png_size(r.content)[0] > 300
+
+
+def test_plot_errors(client: TestClient, runs: dict[str, str]) -> None:
+    rid = runs["lstm"]
+    problem(client.get("/runs/nope/plots/losses.svg"), 404)
+    problem(client.get("/runs/nope/plots/scatter.png"), 404)
+    problem(client.get(f"/runs/{runs['queued']}/plots/predictions.svg"), 409)
+    problem(client.get(f"/runs/{runs['queued']}/plots/scatter.svg"), 409)
+    body = problem(client.get(f"/runs/{rid}/plots/predictions.svg?index=3"), 422)
+    assert body["errors"][0]["loc"] == ["query", "index"]  # the run has 3 test sequences
+    body = problem(client.get(f"/runs/{rid}/plots/predictions.svg?start=40"), 422)
+    assert body["errors"][0]["loc"] == ["query", "start"]
+    problem(client.get(f"/runs/{rid}/plots/predictions.svg?steps=0"), 422)
+    problem(client.get(f"/runs/{rid}/plots/predictions.svg?index=-1"), 422)
+    problem(client.get(f"/runs/{rid}/plots/scatter.svg?index=x"), 422)
+    problem(client.get(f"/runs/{rid}/plots/losses.gif"), 422)
+
+
+def test_compare_plot(client: TestClient, runs: dict[str, str]) -> None:
+    ids = f"{runs['lstm']},{runs['elman']}"
+    r = client.get(f"/plots/compare.svg?runs={ids}")
+    assert r.status_code == 200
+    text = svg_text(r.content)
+    assert f"lstm H=2 ({runs['lstm'][:8]})" in text
+    assert f"elman H=3 ({runs['elman'][:8]})" in text
+    assert "validation loss of 2 runs" in text
+    assert png_size(client.get(f"/plots/compare.png?runs={ids}").content)[0] > 300
+    problem(client.get(f"/plots/compare.svg?runs={runs['lstm']},nope"), 404)
+    for bad in ("", ",", f"{runs['lstm']},{runs['lstm']}", ",".join(["a"] * 21)):
+        problem(client.get(f"/plots/compare.svg?runs={bad}"), 422)
+
+
+def test_compare_json_matches_the_runs(client: TestClient, runs: dict[str, str]) -> None:
+    ids = [runs["lstm"], runs["elman"], runs["queued"]]
+    r = client.get("/compare", params={"runs": ",".join(ids)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["run_id"] for i in body["runs"]] == ids
+    for item in body["runs"]:
+        run = client.get(f"/runs/{item['run_id']}").json()
+        m = run["metrics"]
+        assert item["model"] == run["model"]
+        assert item["hidden_size"] == run["config"]["hidden_size"]
+        assert item["epochs"] == run["epochs_completed"]
+        for key in ("test_mse", "baseline_mse", "marker_mse", "error_ratio", "verdict"):
+            assert item[key] == m[key], key
+    done = [i for i in body["runs"] if i["status"] == "succeeded"]
+    best = min(done, key=lambda i: i["error_ratio"])
+    assert body["best"] == best["run_id"]
+    assert best["model"] in body["summary"] and "did best" in body["summary"]
+    only_queued = client.get("/compare", params={"runs": runs["queued"]}).json()
+    assert only_queued["best"] is None
+    problem(client.get("/compare", params={"runs": "nope"}), 404)
+    problem(client.get("/compare", params={"runs": ""}), 422)
