@@ -44,6 +44,10 @@ RECIPES: dict[str, dict[str, object]] = {
         "lr_schedule": "cosine",
         "clip_grad_norm": 1.0,
     },
+    "lr0.03-pop4-cos": {**LEGACY, "learning_rate": 0.03, "population": 4, "lr_schedule": "cosine"},
+    "lr0.04-pop4": {**LEGACY, "learning_rate": 0.04, "population": 4},
+    "lr0.03-pop3": {**LEGACY, "learning_rate": 0.03, "population": 3},
+    "lr0.03-pop4-ep200": {**LEGACY, "learning_rate": 0.03, "population": 4, "epochs": 200},
     "default": {},  # whatever TrainConfig's defaults are now
 }
 

@@ -90,7 +90,13 @@ def run_predict(
 ) -> list[list[float]]:
     """One output per time step of each sequence, from a succeeded run's weights."""
     check_predict_limits(sequences, settings)
-    model = cache.get(db, run_id)
+    return predict_outputs(cache.get(db, run_id), sequences)
+
+
+def predict_outputs(
+    model: torch.nn.Module, sequences: list[list[list[float]]]
+) -> list[list[float]]:
+    """One output per step of each validated sequence (the API and `rnnlab predict` share it)."""
     # Steps are validated [value, marker] pairs; flattening through fromiter is ~3× faster
     # than np.asarray on nested lists.
     arrays = [

@@ -108,31 +108,48 @@ def _loss_axes(fig: Figure) -> Any:
     return ax
 
 
+def draw_losses(
+    epochs: Sequence[int], train: Sequence[float], valid: Sequence[float], title: str, fmt: Format
+) -> bytes:
+    """The loss-curve figure from plain lists (the API and `rnnlab train --plot` share it)."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = _loss_axes(fig)
+    keep = _thin(len(epochs), MAX_LINE_POINTS)
+    x = np.asarray(epochs)[keep] if len(epochs) else []
+    ax.plot(x, np.asarray(train)[keep] if len(train) else [], label="training loss")
+    ax.plot(x, np.asarray(valid)[keep] if len(valid) else [], label="validation loss")
+    if not len(epochs):
+        ax.text(0.5, 0.5, "no epoch yet", transform=ax.transAxes, ha="center")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    return _render(fig, fmt)
+
+
+def losses_title(
+    model: str, hidden_size: int, run_id: str, status: str, done: int, epochs: int
+) -> str:
+    return (
+        f"{model.upper()}, hidden size {hidden_size} — run {run_id}\n"
+        f"{status}, {done} of {epochs} epochs"
+    )
+
+
 def losses_plot(*, db: Database, run_id: str, fmt: Format) -> bytes:
     """Training and validation loss per epoch, log scale; works while the run trains."""
     with db.reading() as session:
         run = get_run_or_404(session=session, run_id=run_id)
         epochs, train, valid = _losses(session, run_id)
-        title = (
-            f"{run.model.upper()}, hidden size {run.config['hidden_size']} — run {run.id}"
-            f"\n{run.status.value}, {len(epochs)} of {run.config['epochs']} epochs"
+        title = losses_title(
+            run.model,
+            run.config["hidden_size"],
+            run.id,
+            run.status.value,
+            len(epochs),
+            run.config["epochs"],
         )
         ended, attempt = run.status in ENDED, run.attempt
-
-    def draw() -> bytes:
-        fig = Figure(figsize=(8, 4.5))
-        ax = _loss_axes(fig)
-        keep = _thin(len(epochs), MAX_LINE_POINTS)
-        x = np.asarray(epochs)[keep] if epochs else []
-        ax.plot(x, np.asarray(train)[keep] if train else [], label="training loss")
-        ax.plot(x, np.asarray(valid)[keep] if valid else [], label="validation loss")
-        if not epochs:
-            ax.text(0.5, 0.5, "no epoch yet", transform=ax.transAxes, ha="center")
-        ax.set_title(title, fontsize=10)
-        ax.legend()
-        return _render(fig, fmt)
-
-    return _cached(("losses", run_id, attempt, fmt), ended, draw)
+    key = ("losses", run_id, attempt, fmt)
+    return _cached(key, ended, lambda: draw_losses(epochs, train, valid, title, fmt))
 
 
 def _test_split(run: Run) -> Any:

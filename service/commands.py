@@ -1,0 +1,352 @@
+"""`rnnlab train`, `rnnlab predict` and `rnnlab runs watch`: the service's work from a terminal.
+
+`train` takes the options of `POST /runs`, generated from the same schema (`RunCreate`), with
+the same defaults and the same validation (the schema, then this machine's limits from
+`RNNLAB_*` settings), and trains in the foreground with a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from service.problems import ProblemError
+from service.schemas import DataSpec, PredictRequest, RunCreate
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_options(parser: argparse.ArgumentParser, model: type[Any], dest_prefix: str) -> None:
+    """One option per schema field: its type, choices and description from the schema."""
+    for name, field in model.model_fields.items():
+        if name == "data":
+            continue
+        annotation = field.annotation
+        args = tuple(
+            typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+            for a in typing.get_args(annotation)
+        )
+        kwargs: dict[str, Any] = {"dest": dest_prefix + name, "default": None}
+        if typing.get_origin(annotation) is typing.Literal:
+            kwargs.update(choices=list(args), metavar="{" + ",".join(args) + "}")
+        elif typing.get_origin(annotation) is tuple:
+            kwargs.update(type=float, nargs=len(args), metavar=("P",) * len(args))
+        elif annotation is int or (
+            typing.get_origin(annotation) in (typing.Union, types.UnionType) and int in args
+        ):
+            kwargs["type"] = int
+        elif annotation is float:
+            kwargs["type"] = float
+        kwargs.setdefault("metavar", name.upper())
+        help_text = (field.description or "").replace("%", "%%")
+        if field.is_required():
+            kwargs["required"] = True
+        else:
+            default = field.get_default(call_default_factory=True)
+            shown = "chosen and recorded" if default is None else default
+            help_text = f"{help_text} (default: {shown})".strip()
+        kwargs["help"] = help_text
+        parser.add_argument(_option(name), **kwargs)
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    _field_options(parser, RunCreate, "run.")
+    _field_options(parser, DataSpec, "data.")
+    parser.add_argument("--checkpoint", type=Path, help="write the weights here (safetensors)")
+    parser.add_argument("--plot", type=Path, help="write the loss plot here (.svg or .png)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /runs body the options describe (options not given are left to defaults)."""
+    body: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is None:
+            continue
+        if dest.startswith("run."):
+            body[dest[4:]] = value
+        elif dest.startswith("data."):
+            data[dest[5:]] = value
+    if data:
+        body["data"] = data
+    return body
+
+
+def _complain(console: Console, errors: list[dict[str, Any]]) -> int:
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", []) if x != "body"]
+        where = _option(loc[-1]) if loc else "options"
+        console.print(f"[red]error:[/red] {where}: {e.get('msg')}")
+    return EXIT_USAGE
+
+
+def train(args: argparse.Namespace) -> int:
+    """Validate as POST /runs does, train in the foreground, report, write what was asked."""
+    import models
+    from service import plots, runs
+    from service.execution import checkpoint_bytes
+    from service.settings import get_settings
+
+    console = Console(stderr=True, soft_wrap=True)
+    for path, suffixes in ((args.plot, (".svg", ".png")),):
+        if path is not None and path.suffix not in suffixes:
+            return _complain(console, [{"loc": ["plot"], "msg": "must end in .svg or .png"}])
+    try:
+        spec = RunCreate.model_validate(run_spec(args))
+        runs.check_limits(spec, get_settings())
+        cfg = runs.resolve_config(spec)
+    except ValidationError as e:
+        return _complain(console, [dict(err) for err in e.errors()])
+    except ProblemError as e:
+        return _complain(console, list(e.errors or [{"msg": e.detail}]))
+
+    stop = {"asked": False}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop["asked"]:  # a second Ctrl+C: give up at once
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        console.print("[yellow]stopping at the end of this epoch (Ctrl+C again to abort)[/yellow]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    device = models.resolve_device(cfg.device)
+    splits = models.make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
+    pop = models.build_population(
+        cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
+    ).to(device)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("train {task.fields[train]}  valid {task.fields[valid]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    start = time.perf_counter()
+    try:
+        with progress:
+            task = progress.add_task(
+                f"{cfg.model} H={cfg.hidden_size} K={cfg.population}",
+                total=cfg.epochs,
+                train="-",
+                valid="-",
+            )
+
+            def on_report(r: models.EpochReport) -> None:
+                progress.update(
+                    task,
+                    completed=r.epoch,
+                    train=f"{r.train_loss:.3g}",
+                    valid=f"{r.valid_loss:.3g}",
+                )
+
+            history = models.train(
+                pop, splits, cfg, on_report=on_report, should_stop=lambda: stop["asked"]
+            )
+    except FloatingPointError as e:
+        console.print(f"[red]failed:[/red] {e}")
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seconds = time.perf_counter() - start
+    if history.epochs_completed == 0:
+        console.print("[yellow]stopped before the first epoch ended: nothing to write[/yellow]")
+        return EXIT_INTERRUPTED
+    position = 0
+    if history.stopped:  # interrupted: the best member so far is the model
+        position = min(
+            range(pop.size), key=lambda p: (history.members[pop.indices[p]].valid_loss, p)
+        )
+    model = pop.member(position)
+    metrics = models.evaluate(model, splits.test)
+    result = {
+        "config": runs.config_to_json(cfg),
+        "epochs_completed": history.epochs_completed,
+        "stopped": history.stopped,
+        "seconds": round(seconds, 3),
+        "kept_member": pop.indices[position],
+        "metrics": {
+            "train_loss": history.train_loss[-1],
+            "valid_loss": history.valid_loss[-1],
+            **metrics.to_dict(),
+        },
+    }
+    if args.checkpoint is not None:
+        args.checkpoint.write_bytes(checkpoint_bytes(model, kind=cfg.model, run_id="cli"))
+    if args.plot is not None:
+        title = plots.losses_title(
+            cfg.model,
+            cfg.hidden_size,
+            "(rnnlab train)",
+            "stopped" if history.stopped else "finished",
+            history.epochs_completed,
+            cfg.epochs,
+        )
+        epochs = list(range(1, history.epochs_completed + 1))
+        fmt = args.plot.suffix[1:]
+        data = plots.draw_losses(epochs, history.train_loss, history.valid_loss, title, fmt)
+        args.plot.write_bytes(data)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        m = result["metrics"]
+        out = Console(soft_wrap=True)
+        out.print(
+            f"{'stopped' if history.stopped else 'trained'} {history.epochs_completed} epochs "
+            f"in {seconds:.1f} s (seed {cfg.seed}, kept member {result['kept_member']})"
+        )
+        out.print(
+            f"test MSE {m['test_mse']:.4g}, zero predictor {m['baseline_mse']:.4g}: "
+            f"error ratio {m['error_ratio']:.2%} → {m['verdict']}"
+        )
+        if m["marker_error_ratio"] is not None:
+            out.print(f"marker-1 steps: error ratio {m['marker_error_ratio']:.2%}")
+        for label, path in (("weights", args.checkpoint), ("loss plot", args.plot)):
+            if path is not None:
+                out.print(f"{label}: {path}")
+    return EXIT_INTERRUPTED if history.stopped else EXIT_OK
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Outputs for sequences read as JSON, from a checkpoint file: the numbers /predict gives."""
+    from safetensors import safe_open
+
+    from service.inference import load_model, predict_outputs
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        raw = args.input.read_text() if args.input else sys.stdin.read()
+        payload = json.loads(raw)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        console.print(f"[red]error:[/red] input is not JSON: {e}")
+        return EXIT_USAGE
+    sequences = payload.get("sequences") if isinstance(payload, dict) else payload
+    try:
+        req = PredictRequest.model_validate({"run_id": "cli", "sequences": sequences})
+    except ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            console.print(f"[red]error:[/red] {loc}: {err['msg']}")
+        return EXIT_USAGE
+    try:
+        with safe_open(str(args.checkpoint), framework="pt") as f:
+            meta = f.metadata() or {}
+        data = args.checkpoint.read_bytes()
+        model = load_model(data, kind=meta["model"], hidden_size=int(meta["n_hidden"]))
+    except Exception as e:  # safetensors' own errors, a missing key, a shape mismatch
+        console.print(f"[red]error:[/red] {args.checkpoint}: not an rnnlab checkpoint ({e})")
+        return EXIT_USAGE
+    outputs = predict_outputs(model, req.sequences)
+    sys.stdout.write(json.dumps({"outputs": outputs}) + "\n")
+    return EXIT_OK
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(event, data, id) from text/event-stream lines; comments skipped."""
+    event, data, ident = "message", [], None
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data), ident
+            event, data, ident = "message", [], None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+            elif field == "id":
+                ident = value
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Follow a run on a server through its event stream; exit with its final status."""
+    import httpx
+
+    console = Console(stderr=True, soft_wrap=True)
+    base = args.server.rstrip("/")
+    last_id: str | None = None
+    final: dict[str, Any] | None = None
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("train {task.fields[train]}  valid {task.fields[valid]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = None
+    failures = 0
+    with progress, httpx.Client(timeout=httpx.Timeout(30.0, read=60.0)) as http:
+        while final is None:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with http.stream("GET", f"{base}/runs/{args.run_id}/events", headers=headers) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        try:
+                            detail = r.json().get("detail", r.text)
+                        except ValueError:
+                            detail = r.text
+                        console.print(f"[red]error:[/red] {r.status_code}: {detail}")
+                        return EXIT_USAGE if r.status_code in (401, 403, 404) else EXIT_FAILED
+                    failures = 0
+                    for event, data, ident in _sse_events(r.iter_lines()):
+                        body = json.loads(data)
+                        if event == "status":
+                            total = body["config"]["epochs"]
+                            label = f"{body['model']} {args.run_id[:8]} {body['status']}"
+                            if task is None:
+                                task = progress.add_task(label, total=total, train="-", valid="-")
+                            progress.update(task, description=label)
+                            if body["status"] == "running" and body["epochs_completed"] == 0:
+                                progress.update(task, completed=0)  # (re)started
+                            if body["status"] in ("succeeded", "failed", "cancelled"):
+                                final = body
+                        elif event == "epoch" and task is not None:
+                            last_id = ident
+                            progress.update(
+                                task,
+                                completed=body["epoch"],
+                                train=f"{body['train_loss']:.3g}",
+                                valid=f"{body['valid_loss']:.3g}",
+                            )
+            except httpx.TransportError as e:
+                failures += 1
+                if failures > 5:
+                    console.print(f"[red]error:[/red] cannot reach {base}: {e}")
+                    return EXIT_FAILED
+                time.sleep(min(5.0, 0.5 * failures))
+    status = final["status"]
+    m = final["metrics"]
+    out = Console(soft_wrap=True)
+    out.print(f"run {args.run_id}: {status} after {final['epochs_completed']} epochs")
+    if status == "succeeded" and m.get("error_ratio") is not None:
+        out.print(f"error ratio {m['error_ratio']:.2%} → {m['verdict']}")
+    if final.get("error"):
+        out.print(f"error: {final['error']}")
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
