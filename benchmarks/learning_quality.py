@@ -48,6 +48,13 @@ RECIPES: dict[str, dict[str, object]] = {
     "lr0.04-pop4": {**LEGACY, "learning_rate": 0.04, "population": 4},
     "lr0.03-pop3": {**LEGACY, "learning_rate": 0.03, "population": 3},
     "lr0.03-pop4-ep200": {**LEGACY, "learning_rate": 0.03, "population": 4, "epochs": 200},
+    "lr0.05-pop4-cos-clip": {
+        **LEGACY,
+        "learning_rate": 0.05,
+        "population": 4,
+        "lr_schedule": "cosine",
+        "clip_grad_norm": 1.0,
+    },
     "default": {},  # whatever TrainConfig's defaults are now
 }
 

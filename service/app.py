@@ -6,13 +6,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import swagger_ui_bundle
 import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +26,7 @@ from service.workers import WorkerPool, local_worker_is_dead, warm_up_models
 
 log = logging.getLogger("rnnlab.api")
 DOCS_ASSETS = "/docs-assets"
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 class _TooLarge(Exception):
@@ -126,6 +128,12 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     app.include_router(compare.router)
     app.include_router(health.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        """The dashboard page (plain HTML, CSS and JavaScript shipped in the package)."""
+        return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html")
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:

@@ -1,0 +1,216 @@
+"""The dashboard in a real headless Chromium (Debian's, through its chromedriver), offline.
+
+Starts a run from the form, sees it in the table reach `succeeded`, sees its live loss curve
+and prediction plots render, sends a prediction and compares two runs. Screenshots go to the
+test's temporary directory (and to $RNNLAB_SCREENSHOT_DIR when set, to look at them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.test_docs_browser import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (scripts/test installs them as root)",
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update(
+        RNNLAB_DATA_DIR=str(tmp_path / "data"), RNNLAB_WORKERS="1", RNNLAB_LOG_LEVEL="warning"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").json().get("status") == "ok":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,2200",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        # Only loopback is reachable, as on an offline machine.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    driver.save_screenshot(str(path))
+    keep = os.environ.get("RNNLAB_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+    return path
+
+
+def start_run(driver, **fields: str) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    Select(driver.find_element(By.ID, "f-model")).select_by_value(fields.pop("model"))
+    for field_id, value in fields.items():
+        box = driver.find_element(By.ID, field_id)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element(By.ID, "f-submit").click()
+    message = WebDriverWait(driver, 20).until(
+        lambda d: (
+            d.find_element(By.ID, "form-message").text.startswith("started run")
+            and d.find_element(By.ID, "form-message").text
+        )
+    )
+    return message.split()[-1]
+
+
+ROW_STATUS = """
+const td = document.querySelector(`tr[data-run-id="${arguments[0]}"] td.status`);
+return td ? td.textContent : null;
+"""
+
+
+def wait_row_status(driver, run_id: str, status: str, timeout: float = 180) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The table is redrawn every second: read it in one script, not through stale elements.
+    def row_status(d):
+        return d.execute_script(ROW_STATUS, run_id) == status
+
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(row_status)
+
+
+def image_loaded(driver, element_id: str) -> bool:
+    return driver.execute_script(
+        "const i = document.getElementById(arguments[0]);"
+        "return i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0;",
+        element_id,
+    )
+
+
+def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    assert browser.title == "rnnlab — dashboard"
+    small = {"f-epochs": "40", "f-nseq": "3", "f-seqlen": "100", "f-seed": "3"}
+    lstm = start_run(browser, model="lstm", **small, **{"f-population": "2"})
+    # It appears in the table (the page polls /runs) and trains to the end.
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script(ROW_STATUS, lstm) is not None)
+    wait_row_status(browser, lstm, "succeeded")
+    # The live loss curve, drawn from the event stream: one point per epoch, a real size.
+    WebDriverWait(browser, 20).until(
+        lambda d: (
+            d.execute_script(
+                "const p = document.querySelector('#loss-chart polyline.series-valid');"
+                "return p && p.getAttribute('points').trim().split(' ').length;"
+            )
+            == 40
+        )
+    )
+    size = browser.execute_script(
+        "const r = document.querySelector('#loss-chart polyline.series-train')"
+        ".getBoundingClientRect(); return [r.width, r.height];"
+    )
+    assert size[0] > 100 and size[1] > 0
+    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-predictions"))
+    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-scatter"))
+    summary = browser.find_element(By.ID, "d-summary").text
+    assert "succeeded, 40 of 40 epochs" in summary and "zero predictor" in summary
+    shot(browser, tmp_path, "dashboard-run")
+
+    # A prediction through the box: one output per step of the example sequence.
+    browser.find_element(By.ID, "p-button").click()
+    out = WebDriverWait(browser, 20).until(
+        lambda d: (
+            d.find_element(By.ID, "p-output").text.startswith("sequence 0:")
+            and d.find_element(By.ID, "p-output").text
+        )
+    )
+    assert len(out.split(":", 1)[1].split(",")) == 5
+
+    # A second network, then both ticked and compared.
+    elman = start_run(browser, model="elman", **small)
+    wait_row_status(browser, elman, "succeeded")
+    for run_id in (lstm, elman):
+        browser.execute_script(
+            'document.querySelector(`tr[data-run-id="${arguments[0]}"] input.tick`).click()',
+            run_id,
+        )
+    browser.find_element(By.ID, "compare-button").click()
+    text = WebDriverWait(browser, 20).until(
+        lambda d: (
+            "did best" in d.find_element(By.ID, "compare-summary").text
+            and d.find_element(By.ID, "compare-summary").text
+        )
+    )
+    assert "lstm" in text and "elman" in text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
+    assert len(rows) == 2
+    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "compare-plot"))
+    shot(browser, tmp_path, "dashboard-compare")
+
+    # The form shows the API's refusal.
+    start = browser.find_element(By.ID, "f-population")
+    start.clear()
+    start.send_keys("65")
+    browser.find_element(By.ID, "f-submit").click()
+    WebDriverWait(browser, 20).until(lambda d: "422" in d.find_element(By.ID, "form-message").text)
+    assert "population" in browser.find_element(By.ID, "form-message").text
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # The one expected error: the refused POST /runs (422) the page just showed.
+    assert all("422" in e["message"] for e in errors), errors
