@@ -90,7 +90,8 @@ def summarise(name: str, model: str, ratios: list[float], seconds: list[float]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=20, help="run seeds 1 … N")
+    parser.add_argument("--seeds", type=int, default=20, help="how many run seeds")
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds first … first+N-1")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names")
     parser.add_argument("--models", default="lstm,elman", help="lstm, elman or both")
@@ -107,7 +108,7 @@ def main() -> None:
             assert set(RECIPES[name]) <= known
             jobs += [
                 (name, RECIPES[name], seed, (model, args.epochs))
-                for seed in range(1, args.seeds + 1)
+                for seed in range(args.first_seed, args.first_seed + args.seeds)
             ]
     print(f"defaults: {TrainConfig()}")
     print(

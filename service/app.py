@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db as database
-from service import lifecycle, problems
+from service import lifecycle, metrics, problems
 from service.inference import ModelCache
 from service.routes import compare, health, plots, predict, runs
 from service.settings import Settings, get_settings
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.init(settings, owner=True)  # before workers start: they inherit its location
         db = database.Database(settings)
         database.upgrade(db.engine)
         # Runs left `running` by a previous server whose workers are gone go back to the queue.
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
 
     _add_problem_schema(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.RequestMetricsMiddleware)
     return app
 
 

@@ -34,10 +34,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     from service import db as database
+    from service import metrics
     from service.workers import Worker, configure_threads
 
     settings = get_settings()
     _logging(settings)
+    metrics.init(settings, owner=False)
     configure_threads(settings)
     w = Worker(settings)
     database.upgrade(w.db.engine)

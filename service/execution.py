@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from models import EpochReport, build_population, evaluate, make_splits, resolve_device, train
-from service import lifecycle
+from service import lifecycle, metrics
 from service.db import Database
 from service.lifecycle import Claim, LostClaim
 from service.runs import config_from_json
@@ -169,6 +169,16 @@ def execute(
     `should_stop` is the worker's shutdown flag: when it turns true the run stops at the next
     epoch boundary and goes back to the queue.
     """
+    start = time.perf_counter()
+    status = _execute(db, claim, should_stop, heartbeat_interval_s)
+    model = str(claim.config.get("model", "unknown"))
+    metrics.run_ended(model, status, time.perf_counter() - start)
+    return status
+
+
+def _execute(
+    db: Database, claim: Claim, should_stop: Callable[[], bool], heartbeat_interval_s: float
+) -> str:
     try:
         cfg = config_from_json(claim.config)
         device = resolve_device(cfg.device)
@@ -178,7 +188,10 @@ def execute(
             cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
         ).to(device)
 
+        stopwatch = metrics.Stopwatch()
+
         def on_report(report: EpochReport) -> None:
+            metrics.epoch(cfg.model, stopwatch.lap())
             writer.put(
                 lifecycle.EpochRow(
                     epoch=report.epoch,
@@ -205,11 +218,11 @@ def execute(
             lifecycle.requeue(db, claim)
             return "queued"
         model = pop.member(0)  # the kept member: the run's model from here on
-        metrics = evaluate(model, splits.test)
+        scores = evaluate(model, splits.test)
         lifecycle.finish_succeeded(
             db,
             claim,
-            metrics=metrics.to_dict(),
+            metrics=scores.to_dict(),
             checkpoint=checkpoint_bytes(model, kind=cfg.model, run_id=claim.run_id),
             members=[m.to_dict() for m in history.members],
         )

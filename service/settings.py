@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(default=0.25, gt=0)  # how often a /events stream looks
 
     log_level: str = "info"
+    # Prometheus' multiprocess files of the API and its workers (default: <data dir>/metrics).
+    metrics_dir: Path | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> Settings:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from service import lifecycle
+from service import lifecycle, metrics
 from service.db import Database
 from service.execution import execute
 from service.settings import Settings
@@ -155,6 +155,7 @@ def _worker_process_main(settings: Settings, parent_pid: int) -> None:
     # The pool stops us with SIGTERM; Ctrl+C in a terminal reaches the whole process
     # group, so the parent alone decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    metrics.init(settings, owner=False)
     configure_threads(settings)
     warm_up_models()
     # An orphaned worker (its server was killed) stops too, handing its run back.

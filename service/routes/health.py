@@ -1,11 +1,13 @@
-"""/healthz and /readyz."""
+"""/healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import db as database
+from service import metrics
+from service.deps import DbDep
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -43,3 +45,18 @@ def read_ready(request: Request) -> JSONResponse:
         ok = ok and alive == pool.size
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format: see the README for every metric",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def read_metrics(db: DbDep) -> Response:
+    """Prometheus metrics of the API and its workers: runs, queue, epochs, durations, requests."""
+    return Response(metrics.render(db), media_type=metrics.CONTENT_TYPE)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Response
 
 from models import scalar_rnn
+from service import metrics
 from service.deps import CacheDep, DbDep, SettingsDep
 from service.inference import run_predict
 from service.routes.common import problems
@@ -18,6 +21,7 @@ def create_prediction(
     body: PredictRequest, db: DbDep, cache: CacheDep, settings: SettingsDep
 ) -> Response:
     """Run a succeeded run's network over sequences; one output per time step."""
+    start = time.perf_counter()
     outputs = run_predict(
         db=db,
         cache=cache,
@@ -27,7 +31,9 @@ def create_prediction(
     )
     # pydantic's own JSON encoder writes thousands of floats ~10× faster than json.dumps.
     answer = PredictResponse.model_construct(run_id=body.run_id, outputs=outputs)
-    return Response(answer.model_dump_json(), media_type="application/json")
+    response = Response(answer.model_dump_json(), media_type="application/json")
+    metrics.predicted(time.perf_counter() - start)
+    return response
 
 
 @router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
