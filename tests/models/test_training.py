@@ -59,7 +59,9 @@ def test_config_defaults():
     assert cfg.model == "lstm"
     assert cfg.hidden_size == 2
     assert cfg.epochs == 300
-    assert cfg.learning_rate == 0.01
+    assert cfg.learning_rate == 0.03
+    assert cfg.population == 4
+    assert cfg.lr_schedule == "constant" and cfg.clip_grad_norm == 0
     assert cfg.batch_size == 3
     assert cfg.n_sequences == 9
     assert cfg.seq_len == 3000

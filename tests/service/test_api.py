@@ -51,7 +51,9 @@ def test_create_run_defaults_and_location(client: TestClient) -> None:
     cfg = run["config"]
     assert cfg["model"] == "elman"
     assert cfg["hidden_size"] == 2 and cfg["epochs"] == 300 and cfg["batch_size"] == 3
-    assert cfg["learning_rate"] == 0.01 and cfg["device"] == "auto"
+    assert cfg["learning_rate"] == 0.03 and cfg["device"] == "auto"
+    assert cfg["population"] == 4 and cfg["lr_schedule"] == "constant"
+    assert cfg["clip_grad_norm"] == 0
     assert cfg["data"] == {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]}
     # The server picked a seed and recorded it.
     assert isinstance(cfg["seed"], int) and cfg["seed"] >= 0
@@ -194,7 +196,7 @@ def test_run_trains_and_serves_losses_checkpoint_and_predictions(client: TestCli
 
     # The run is rebuilt exactly from its config: the same training in-process agrees.
     cfg = models.TrainConfig(
-        model="lstm", epochs=4, seed=7, n_sequences=3, seq_len=40, device="cpu"
+        model="lstm", epochs=4, seed=7, n_sequences=3, seq_len=40, device="cpu", population=2
     )
     ref = models.fit(cfg)
     assert losses["train_loss"] == pytest.approx(ref.history.train_loss, rel=1e-6)
