@@ -97,6 +97,18 @@ def _complain(console: Console, errors: list[dict[str, Any]]) -> int:
     return EXIT_USAGE
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def train(args: argparse.Namespace) -> int:
     """Validate as POST /runs does, train in the foreground, report, write what was asked."""
     import models
@@ -126,6 +138,9 @@ def train(args: argparse.Namespace) -> int:
         console.print("[yellow]stopping at the end of this epoch (Ctrl+C again to abort)[/yellow]")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
+    # A population's members on every core; torch's own pool would only compete with them.
+    models.kernels.set_threads(torch_threads())
+    set_torch_threads(1)
     device = models.resolve_device(cfg.device)
     splits = models.make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
     pop = models.build_population(

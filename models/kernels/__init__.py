@@ -40,7 +40,7 @@ from models.kernels.elman import (
     elman_population_inference,
     elman_recurrence,
 )
-from models.kernels.glue import DTYPES
+from models.kernels.glue import DTYPES, get_threads, set_threads
 from models.kernels.lstm import (
     LSTMFunction,
     lstm_inference,
@@ -62,10 +62,12 @@ __all__ = [
     "elman_population_inference",
     "elman_recurrence",
     "elman_rnn_tanh",
+    "get_threads",
     "lstm_inference",
     "lstm_population",
     "lstm_population_inference",
     "lstm_recurrence",
+    "set_threads",
     "warm_up",
 ]
 

@@ -17,7 +17,7 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np
+from models.kernels.glue import _check, _np, member_groups, run_groups
 
 
 @_njit(inline="always")
@@ -136,6 +136,25 @@ def _elman_backward(dhs, hs, w, da, dw, db):
                 dw[m, j, k] = s
 
 
+def _forward_groups(
+    a3: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    h: torch.Tensor,
+    start: bool,
+    hs: torch.Tensor,
+) -> None:
+    """`_elman_forward` over the members in groups, one per thread (see glue.set_threads)."""
+    an, wn, bn, hn, hsn = _np(a3), _np(weight), _np(bias), h.numpy(), hs.numpy()
+    n_batch = a3.shape[0] // weight.shape[0]
+
+    def work(m0: int, m1: int) -> None:
+        rows = slice(m0 * n_batch, m1 * n_batch)
+        _elman_forward(an[rows], wn[m0:m1], bn[m0:m1], hn[rows], start, hsn[rows])
+
+    run_groups(work, member_groups(weight.shape[0]))
+
+
 def _check_elman(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
     if a.dim() != 4:
         raise ValueError(f"a must be [members, batch, time, hidden], got {tuple(a.shape)}")
@@ -155,8 +174,7 @@ class ElmanFunction(torch.autograd.Function):
         k, b, t, n = a.shape
         hs = torch.empty(k * b, t, n, dtype=a.dtype)
         h = torch.empty(k * b, n, dtype=a.dtype)  # final state, unused here
-        a3 = a.reshape(k * b, t, n)
-        _elman_forward(_np(a3), _np(weight), _np(bias), h.numpy(), True, hs.numpy())
+        _forward_groups(a.reshape(k * b, t, n), weight, bias, h, True, hs)
         ctx.save_for_backward(hs, weight)
         return hs.view(k, b, t, n)
 
@@ -169,8 +187,15 @@ class ElmanFunction(torch.autograd.Function):
         da = torch.empty_like(hs)
         dw = torch.empty(weight.shape, dtype=hs.dtype)
         db = torch.empty(weight.shape[:2], dtype=hs.dtype)
-        dhs3 = dhs.reshape(hs.shape)
-        _elman_backward(_np(dhs3), _np(hs), _np(weight), da.numpy(), dw.numpy(), db.numpy())
+        dhn, hn, wn = _np(dhs.reshape(hs.shape)), _np(hs), _np(weight)
+        dan, dwn, dbn = da.numpy(), dw.numpy(), db.numpy()
+        n_batch = hs.shape[0] // weight.shape[0]
+
+        def work(m0: int, m1: int) -> None:
+            rows = slice(m0 * n_batch, m1 * n_batch)
+            _elman_backward(dhn[rows], hn[rows], wn[m0:m1], dan[rows], dwn[m0:m1], dbn[m0:m1])
+
+        run_groups(work, member_groups(weight.shape[0]))
         da = da.view(*weight.shape[:1], -1, *hs.shape[1:])
         if hs.shape[1] == 1:
             # One step never uses hr: no gradient at all (None), as in the reference, so that

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -20,3 +24,47 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...
         raise ValueError(f"{name} must be float32 or float64 like the input, got {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+# --- members in parallel threads ------------------------------------------------------------
+# A population's members never interact, and the compiled loops release the GIL, so the
+# members can be split into groups that run at the same time on different cores. Each
+# member's arithmetic is the same whatever group it is in, so results are bit for bit those
+# of one pass, whatever the number of threads.
+
+_threads = 1
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def set_threads(n: int) -> None:
+    """Run a population's members in up to `n` threads (1: all in the calling thread)."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    _threads = n
+
+
+def get_threads() -> int:
+    return _threads
+
+
+def member_groups(n_members: int) -> list[tuple[int, int]]:
+    """[start, stop) member ranges, one per thread to use, as even as possible."""
+    parts = max(1, min(_threads, n_members))
+    edges = [round(i * n_members / parts) for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+def run_groups(fn: Callable[[int, int], None], groups: list[tuple[int, int]]) -> None:
+    """fn(start, stop) for every group: in the pool when there are several."""
+    global _pool
+    if len(groups) == 1:
+        fn(*groups[0])
+        return
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(groups):  # type: ignore[attr-defined]
+            _pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="rnnlab-k")
+        pool = _pool
+    for future in [pool.submit(fn, a, b) for a, b in groups]:
+        future.result()

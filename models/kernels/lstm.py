@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np
+from models.kernels.glue import _check, _np, member_groups, run_groups
 
 
 @_njit(inline="always")
@@ -261,7 +261,11 @@ def _check_lstm(
 
 
 class LSTMFunction(torch.autograd.Function):
-    """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`."""
+    """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`.
+
+    The members run in groups, one per thread (`glue.set_threads`), each group with its own
+    saved gates and cells.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -274,25 +278,32 @@ class LSTMFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         n_batch, n_steps, _ = x.shape
         n_members, _, n_hidden = weight_hh.shape
-        n_seq = n_members * n_batch
-        hs = torch.empty(n_seq, n_steps, n_hidden, dtype=x.dtype)
-        units = n_seq * n_hidden
-        cs = torch.empty(n_steps, units, dtype=x.dtype)
-        tcs = torch.empty_like(cs)
-        gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
+        hs = torch.empty(n_members * n_batch, n_steps, n_hidden, dtype=x.dtype)
         x, weight_ih, weight_hh = x.contiguous(), weight_ih.contiguous(), weight_hh.contiguous()
-        _lstm_forward_train(
-            _np(x),
-            _np(weight_ih),
-            _np(weight_hh),
-            _np(bias_ih),
-            _np(bias_hh),
-            hs.numpy(),
-            cs.numpy(),
-            tcs.numpy(),
-            gates.numpy(),
-        )
-        ctx.save_for_backward(x, weight_ih, weight_hh, hs, cs, tcs, gates)
+        w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
+        xn, hn = _np(x), hs.numpy()
+        groups = member_groups(n_members)
+        saved: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+        def work(m0: int, m1: int) -> None:
+            units = (m1 - m0) * n_batch * n_hidden
+            cs = torch.empty(n_steps, units, dtype=x.dtype)
+            tcs = torch.empty_like(cs)
+            gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
+            _lstm_forward_train(
+                xn,
+                *(a[m0:m1] for a in w),
+                hn[m0 * n_batch : m1 * n_batch],
+                cs.numpy(),
+                tcs.numpy(),
+                gates.numpy(),
+            )
+            saved[(m0, m1)] = [cs, tcs, gates]
+
+        run_groups(work, groups)
+        ctx.groups = groups
+        per_group = [t for g in groups for t in saved[g]]
+        ctx.save_for_backward(x, weight_ih, weight_hh, hs, *per_group)
         return hs.view(n_members, n_batch, n_steps, n_hidden)
 
     @staticmethod
@@ -300,30 +311,45 @@ class LSTMFunction(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, dhs: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, weight_ih, weight_hh, hs, cs, tcs, gates = ctx.saved_tensors
+        x, weight_ih, weight_hh, hs, *per_group = ctx.saved_tensors
+        groups = ctx.groups
+        n_batch = x.shape[0]
         want_dx = bool(ctx.needs_input_grad[0])
-        dx = torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype)
         dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
         dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
         db = torch.empty(weight_hh.shape[:2], dtype=x.dtype)
-        _lstm_backward(
-            _np(dhs.reshape(hs.shape)),
-            _np(x),
-            _np(hs),
-            _np(cs),
-            _np(tcs),
-            _np(gates),
-            _np(weight_ih),
-            _np(weight_hh),
-            want_dx,
-            dx.numpy(),
-            dw_ih.numpy(),
-            dw_hh.numpy(),
-            db.numpy(),
-        )
+        dxs = [torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype) for _ in groups]
+        dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
+        wih, whh = _np(weight_ih), _np(weight_hh)
+        outs = (dw_ih.numpy(), dw_hh.numpy(), db.numpy())
+
+        def work(m0: int, m1: int) -> None:
+            i = groups.index((m0, m1))
+            cs, tcs, gates = per_group[3 * i : 3 * i + 3]
+            rows = slice(m0 * n_batch, m1 * n_batch)
+            _lstm_backward(
+                dhn[rows],
+                xn,
+                hn[rows],
+                _np(cs),
+                _np(tcs),
+                _np(gates),
+                wih[m0:m1],
+                whh[m0:m1],
+                want_dx,
+                dxs[i].numpy(),
+                *(o[m0:m1] for o in outs),
+            )
+
+        run_groups(work, groups)
+        dx = None
+        if want_dx:  # the members share x: their contributions add up, in a fixed order
+            dx = dxs[0]
+            for part in dxs[1:]:
+                dx = dx + part
         # b_ih and b_hh enter every gate as a sum: the same gradient, as separate tensors
         # (one shared tensor could end up as both parameters' .grad and be accumulated twice).
-        return dx if want_dx else None, dw_ih, dw_hh, db, db.clone()
+        return dx, dw_ih, dw_hh, db, db.clone()
 
 
 def lstm_population(
@@ -383,16 +409,15 @@ def lstm_population_inference(
             raise ValueError(f"{name} must be contiguous: it is updated in place")
     n_seq = n_members * n_batch
     hs = torch.empty(n_seq, x.shape[1], n_hidden, dtype=x.dtype)
-    _lstm_forward_infer(
-        _np(x),
-        _np(weight_ih),
-        _np(weight_hh),
-        _np(bias_ih),
-        _np(bias_hh),
-        h.view(n_seq, n_hidden).numpy(),
-        c.view(n_seq, n_hidden).numpy(),
-        hs.numpy(),
-    )
+    w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
+    xn, hn = _np(x), hs.numpy()
+    hv, cv = h.view(n_seq, n_hidden).numpy(), c.view(n_seq, n_hidden).numpy()
+
+    def work(m0: int, m1: int) -> None:
+        rows = slice(m0 * n_batch, m1 * n_batch)
+        _lstm_forward_infer(xn, *(a[m0:m1] for a in w), hv[rows], cv[rows], hn[rows])
+
+    run_groups(work, member_groups(n_members))
     return hs.view(n_members, n_batch, x.shape[1], n_hidden)
 
 

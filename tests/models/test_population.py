@@ -225,3 +225,47 @@ def test_verdict_thresholds_at_their_edges() -> None:
     nothing = Metrics(test_mse=0.0, baseline_mse=0.0, marker_mse=None, marker_baseline_mse=None)
     assert nothing.error_ratio is None and nothing.verdict is None
     assert nothing.marker_error_ratio is None
+
+
+@pytest.fixture
+def restore_threads():
+    from models import kernels
+
+    before = kernels.get_threads()
+    yield kernels
+    kernels.set_threads(before)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_members_in_parallel_threads_give_the_same_bits(kind: str, restore_threads) -> None:
+    kernels = restore_threads
+    pop = build_population(kind, seed=9, size=5, n_hidden=3)
+    x = torch.randn(3, 80, 2, generator=torch.Generator().manual_seed(1))
+    dy = torch.randn(5, 3, 80, 1, generator=torch.Generator().manual_seed(2))
+    results = []
+    for threads in (1, 2, 3, 8):
+        kernels.set_threads(threads)
+        y = pop(x)
+        grads = torch.autograd.grad(y, list(pop.parameters()), dy)
+        with torch.no_grad():
+            y_infer = pop(x)
+        results.append((y, grads, y_infer))
+    for y, grads, y_infer in results[1:]:
+        assert torch.equal(y, results[0][0])
+        assert torch.equal(y_infer, results[0][2])
+        assert all(torch.equal(g, g0) for g, g0 in zip(grads, results[0][1], strict=True))
+
+
+def test_training_with_parallel_members_is_bit_for_bit_the_same(restore_threads) -> None:
+    kernels = restore_threads
+    cfg = TrainConfig(model="lstm", epochs=6, population=4, seed=3, **SMALL)
+    kernels.set_threads(1)
+    one = fit(cfg)
+    kernels.set_threads(2)
+    two = fit(cfg)
+    assert one.history.valid_loss == two.history.valid_loss
+    assert one.history.members == two.history.members
+    for p, q in zip(one.model.parameters(), two.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        kernels.set_threads(0)
