@@ -5,7 +5,8 @@ networks trained side by side) is one more leading dimension: a[K,B,T,H], W[K,H,
 Inside the kernels the K·B sequences are one flat state vector h[u], u = n·H + j for
 sequence n = m·B + b of member m, and each time step advances all of them in one flat loop:
 the K·B recurrences are independent chains, so the CPU overlaps them instead of waiting on
-one chain's tanh after another.
+one chain's tanh after another. With more than one thread (`glue.set_threads`) the
+sequences are split into groups that run on different cores.
 """
 
 from __future__ import annotations
@@ -17,45 +18,45 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np, member_groups, run_groups
+from models.kernels.glue import _check, _np, run_groups, sequence_groups
 
 
 @_njit(inline="always")
-def _elman_setup(w, b, n_batch, n_steps):
-    """Constants over the flat state (u = n·H + j): wx[k, u] = W_m[j, k], bx[u] = b_m[j],
-    hb[u] = n·H (where sequence n's state starts), jj[u] = j, and off[u] = n·T·H + j (where
-    its step-0 value sits in a flat [N, T, H] array)."""
-    n_members, n_hidden, _ = w.shape
-    units = n_members * n_batch * n_hidden
+def _elman_setup(w, b, n_batch, n0, n_seq, n_steps):
+    """Constants over the flat state of sequences n0 … n0+n_seq-1 (sequence n = m·B + b of
+    member m), u = n'·H + j for local n' = n - n0: wx[k, u] = W_m[j, k], bx[u] = b_m[j],
+    hb[u] = n'·H (where its state starts), jj[u] = j, and off[u] = n'·T·H + j (where its
+    step-0 value sits in the group's flat [n_seq, T, H] arrays)."""
+    n_hidden = w.shape[1]
+    units = n_seq * n_hidden
     wx = np.zeros((n_hidden, units))
     bx = np.zeros(units)
     hb = np.zeros(units, dtype=np.int64)
     jj = np.zeros(units, dtype=np.int64)
     off = np.zeros(units, dtype=np.int64)
-    for m in range(n_members):
-        for bi in range(n_batch):
-            n = m * n_batch + bi
-            for j in range(n_hidden):
-                u = n * n_hidden + j
-                bx[u] = b[m, j]
-                hb[u] = n * n_hidden
-                jj[u] = j
-                off[u] = n * n_steps * n_hidden + j
-                for k in range(n_hidden):
-                    wx[k, u] = w[m, j, k]
+    for local in range(n_seq):
+        m = (n0 + local) // n_batch
+        for j in range(n_hidden):
+            u = local * n_hidden + j
+            bx[u] = b[m, j]
+            hb[u] = local * n_hidden
+            jj[u] = j
+            off[u] = local * n_steps * n_hidden + j
+            for k in range(n_hidden):
+                wx[k, u] = w[m, j, k]
     return wx, bx, hb, jj, off
 
 
 @_njit
-def _elman_forward(a, w, b, h, start, hs):
-    """hs[N,T,H] from a[N,T,H] (N = K·B, member-major), w[K,H,H], b[K,H]; h[N,H] carries the
-    state in and out.
+def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
+    """hs[N',T,H] of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row b) from
+    their a[N',T,H], w[K,H,H], b[K,H]; h[N',H] carries their state in and out.
 
     With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
     is ignored on entry; otherwise `h` holds the step before a[:, 0] (chunked inference).
     """
     n_seq, n_steps, n_hidden = a.shape
-    wx, bx, hb, _, off = _elman_setup(w, b, n_seq // w.shape[0], n_steps)
+    wx, bx, hb, _, off = _elman_setup(w, b, n_batch, n0, n_seq, n_steps)
     af = a.reshape(a.size)
     hsf = hs.reshape(hs.size)
     hf = h.reshape(h.size)
@@ -84,17 +85,17 @@ def _elman_forward(a, w, b, h, start, hs):
 
 
 @_njit
-def _elman_backward(dhs, hs, w, da, dw, db):
-    """BPTT: da[N,T,H], dw[K,H,H], db[K,H] from dL/dhs[N,T,H] and the forward's hs[N,T,H].
+def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
+    """BPTT of sequences n0 … n0+N'-1: da[N',T,H], and per sequence the gradient sums
+    lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), from dL/dhs[N',T,H] and the
+    forward's hs[N',T,H]; `_elman_reduce` adds up each member's sequences.
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
-    kept per lane in float64 and reduced over each member's sequences at the end.
+    kept per lane in float64.
     """
     n_seq, n_steps, n_hidden = hs.shape
-    n_members = w.shape[0]
-    n_batch = n_seq // n_members
-    wx, _, hb, jj, off = _elman_setup(w, w[:, :, 0], n_batch, n_steps)  # (no bias needed)
+    wx, _, hb, jj, off = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq, n_steps)  # (no bias)
     dhsf = dhs.reshape(dhs.size)
     hsf = hs.reshape(hs.size)
     daf = da.reshape(da.size)
@@ -123,16 +124,28 @@ def _elman_backward(dhs, hs, w, da, dw, db):
             for j in range(n_hidden):
                 s += prod[jj[u], hb[u] + j]
             carry[u] = s
+    for local in range(n_seq):
+        for j in range(n_hidden):
+            u = local * n_hidden + j
+            lb[local, j] = dbx[u]
+            for k in range(n_hidden):
+                lw[local, j, k] = dwx[k, u]
+
+
+@_njit
+def _elman_reduce(lw, lb, n_batch, dw, db):
+    """Each member's gradients: the sums over its B sequences, in sequence order."""
+    n_members, n_hidden, _ = dw.shape
     for m in range(n_members):
         for j in range(n_hidden):
             sb = 0.0
             for bi in range(n_batch):
-                sb += dbx[(m * n_batch + bi) * n_hidden + j]
+                sb += lb[m * n_batch + bi, j]
             db[m, j] = sb
             for k in range(n_hidden):
                 s = 0.0
                 for bi in range(n_batch):
-                    s += dwx[k, (m * n_batch + bi) * n_hidden + j]
+                    s += lw[m * n_batch + bi, j, k]
                 dw[m, j, k] = s
 
 
@@ -144,15 +157,14 @@ def _forward_groups(
     start: bool,
     hs: torch.Tensor,
 ) -> None:
-    """`_elman_forward` over the members in groups, one per thread (see glue.set_threads)."""
+    """`_elman_forward` over the sequences in groups, one per thread (see glue.set_threads)."""
     an, wn, bn, hn, hsn = _np(a3), _np(weight), _np(bias), h.numpy(), hs.numpy()
     n_batch = a3.shape[0] // weight.shape[0]
 
-    def work(m0: int, m1: int) -> None:
-        rows = slice(m0 * n_batch, m1 * n_batch)
-        _elman_forward(an[rows], wn[m0:m1], bn[m0:m1], hn[rows], start, hsn[rows])
+    def work(n0: int, n1: int) -> None:
+        _elman_forward(an[n0:n1], wn, bn, n_batch, n0, hn[n0:n1], start, hsn[n0:n1])
 
-    run_groups(work, member_groups(weight.shape[0]))
+    run_groups(work, sequence_groups(a3.shape[0]))
 
 
 def _check_elman(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -188,14 +200,20 @@ class ElmanFunction(torch.autograd.Function):
         dw = torch.empty(weight.shape, dtype=hs.dtype)
         db = torch.empty(weight.shape[:2], dtype=hs.dtype)
         dhn, hn, wn = _np(dhs.reshape(hs.shape)), _np(hs), _np(weight)
-        dan, dwn, dbn = da.numpy(), dw.numpy(), db.numpy()
-        n_batch = hs.shape[0] // weight.shape[0]
+        dan = da.numpy()
+        n_seq = hs.shape[0]
+        n_batch = n_seq // weight.shape[0]
+        # Per-sequence gradient sums, filled by the groups, then added up per member.
+        lw = np.empty((n_seq, *weight.shape[1:]))
+        lb = np.empty((n_seq, weight.shape[1]))
 
-        def work(m0: int, m1: int) -> None:
-            rows = slice(m0 * n_batch, m1 * n_batch)
-            _elman_backward(dhn[rows], hn[rows], wn[m0:m1], dan[rows], dwn[m0:m1], dbn[m0:m1])
+        def work(n0: int, n1: int) -> None:
+            _elman_backward(
+                dhn[n0:n1], hn[n0:n1], wn, n_batch, n0, dan[n0:n1], lw[n0:n1], lb[n0:n1]
+            )
 
-        run_groups(work, member_groups(weight.shape[0]))
+        run_groups(work, sequence_groups(n_seq))
+        _elman_reduce(lw, lb, n_batch, dw.numpy(), db.numpy())
         da = da.view(*weight.shape[:1], -1, *hs.shape[1:])
         if hs.shape[1] == 1:
             # One step never uses hr: no gradient at all (None), as in the reference, so that
@@ -237,10 +255,7 @@ def elman_population_inference(
     if not h.is_contiguous():
         raise ValueError("h must be contiguous: it is updated in place")
     hs = torch.empty(k * b, t, n, dtype=a.dtype)
-    a3 = a.reshape(k * b, t, n)
-    _elman_forward(
-        _np(a3), _np(weight), _np(bias), h.view(k * b, n).numpy(), bool(start), hs.numpy()
-    )
+    _forward_groups(a.reshape(k * b, t, n), weight, bias, h.view(k * b, n), bool(start), hs)
     return hs.view(k, b, t, n)
 
 

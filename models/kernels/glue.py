@@ -26,11 +26,13 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
 
 
-# --- members in parallel threads ------------------------------------------------------------
-# A population's members never interact, and the compiled loops release the GIL, so the
-# members can be split into groups that run at the same time on different cores. Each
-# member's arithmetic is the same whatever group it is in, so results are bit for bit those
-# of one pass, whatever the number of threads.
+# --- sequences in parallel threads ----------------------------------------------------------
+# The K·B sequences of a pass (every member on every row of the batch) are independent
+# recurrences, and the compiled loops release the GIL, so they can be split into groups
+# that run at the same time on different cores. Each sequence's arithmetic is the same
+# whatever group it is in, and the gradient sums are kept per sequence and added up per
+# member afterwards in sequence order, so results are bit for bit those of one pass, whatever
+# the number of threads.
 
 _threads = 1
 _pool: ThreadPoolExecutor | None = None
@@ -38,7 +40,7 @@ _pool_lock = threading.Lock()
 
 
 def set_threads(n: int) -> None:
-    """Run a population's members in up to `n` threads (1: all in the calling thread)."""
+    """Run a pass's sequences in up to `n` threads (1: all in the calling thread)."""
     global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
@@ -49,10 +51,10 @@ def get_threads() -> int:
     return _threads
 
 
-def member_groups(n_members: int) -> list[tuple[int, int]]:
-    """[start, stop) member ranges, one per thread to use, as even as possible."""
-    parts = max(1, min(_threads, n_members))
-    edges = [round(i * n_members / parts) for i in range(parts + 1)]
+def sequence_groups(n_seq: int) -> list[tuple[int, int]]:
+    """[start, stop) sequence ranges, one per thread to use, as even as possible."""
+    parts = max(1, min(_threads, n_seq))
+    edges = [round(i * n_seq / parts) for i in range(parts + 1)]
     return [(edges[i], edges[i + 1]) for i in range(parts)]
 
 

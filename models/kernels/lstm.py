@@ -21,22 +21,23 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np, member_groups, run_groups
+from models.kernels.glue import _check, _np, run_groups, sequence_groups
 
 
 @_njit(inline="always")
-def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch):
-    """Constants of a pass, laid out over a step's flat gate vector z[q], q = gate·P + n·H + j
-    (gate-major, then sequence n = m·B + b of member m, then unit j; P = K·B·H), so that each
-    per-step loop is one flat loop over the whole population (LLVM vectorizes `_exp`):
+def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
+    """Constants of a pass over sequences n0 … n0+n_seq-1 (sequence n = m·B + b is row b of
+    x run by member m), laid out over a step's flat gate vector z[q], q = gate·P + n'·H + j
+    (gate-major, then local sequence n' = n - n0, then unit j; P = n_seq·H), so that each
+    per-step loop is one flat loop over the group (LLVM vectorizes `_exp`):
 
     wix[k, q] = W_ih[m, gate·H + j, k], whx[k, q] = W_hh[m, gate·H + j, k], biasx[q] = b_ih +
-    b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, hb[q] = n·H (where
-    sequence n's state starts in a flat [P] vector), xb[q] = b (its row of x) and nb[q] = n.
+    b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, hb[q] = n'·H (where
+    the sequence's state starts in a flat [P] vector), xb[q] = b (its row of x), nb[q] = n'.
     """
-    n_members, _, n_hidden = w_hh.shape
+    n_hidden = w_hh.shape[2]
     n_input = w_ih.shape[2]
-    units = n_members * n_batch * n_hidden
+    units = n_seq * n_hidden
     wix = np.zeros((n_input, 4 * units))
     whx = np.zeros((n_hidden, 4 * units))
     biasx = np.zeros(4 * units)
@@ -45,20 +46,20 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch):
     xb = np.zeros(4 * units, dtype=np.int64)
     nb = np.zeros(4 * units, dtype=np.int64)
     for gate in range(4):
-        for m in range(n_members):
-            for bi in range(n_batch):
-                n = m * n_batch + bi
-                for j in range(n_hidden):
-                    q = gate * units + n * n_hidden + j
-                    r = gate * n_hidden + j
-                    biasx[q] = np.float64(b_ih[m, r]) + np.float64(b_hh[m, r])
-                    for k in range(n_input):
-                        wix[k, q] = w_ih[m, r, k]
-                    for k in range(n_hidden):
-                        whx[k, q] = w_hh[m, r, k]
-                    hb[q] = n * n_hidden
-                    xb[q] = bi
-                    nb[q] = n
+        for local in range(n_seq):
+            m = (n0 + local) // n_batch
+            bi = (n0 + local) % n_batch
+            for j in range(n_hidden):
+                q = gate * units + local * n_hidden + j
+                r = gate * n_hidden + j
+                biasx[q] = np.float64(b_ih[m, r]) + np.float64(b_hh[m, r])
+                for k in range(n_input):
+                    wix[k, q] = w_ih[m, r, k]
+                for k in range(n_hidden):
+                    whx[k, q] = w_hh[m, r, k]
+                hb[q] = local * n_hidden
+                xb[q] = bi
+                nb[q] = local
         if gate == 2:
             scale[2 * units : 3 * units] = 2.0
     return wix, whx, biasx, scale, hb, xb, nb
@@ -87,13 +88,13 @@ def _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z):
 
 
 @_njit
-def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, hs, cs, tcs, gates):
-    """hs[N,T,H] (N = K·B, member-major) from x[B,T,I] and zero initial state; keeps, for the
-    backward pass, the activated gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and
-    tcs = tanh(cs)."""
+def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
+    """hs[N',T,H] of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m on row b of
+    x[B,T,I]) from zero initial state; keeps, for the backward pass, the activated
+    gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and tcs = tanh(cs)."""
     n_batch, n_steps, _ = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
     h = np.zeros(units)  # float64 state, rounded to the storage type in hs/cs
     c = np.zeros(units)
@@ -112,14 +113,13 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, hs, cs, tcs, gates):
 
 
 @_njit
-def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, h_io, c_io, hs):
-    """hs[N,T,H] from x[B,T,I]; h_io[N,H] and c_io[N,H] carry the state in and out.
-
-    Stores no gates or cells: memory is hs plus O(N·G).
+def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
+    """hs[N',T,H] of sequences n0 … n0+N'-1 from x[B,T,I]; h_io[N',H] and c_io[N',H] carry
+    their state in and out. Stores no gates or cells: memory is hs plus O(N'·G).
     """
     n_batch, n_steps, _ = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch)
+    wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
     h = np.zeros(units)
     c = np.zeros(units)
@@ -141,26 +141,26 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, h_io, c_io, hs):
 
 
 @_njit
-def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, want_dx, dx, dw_ih, dw_hh, db):
-    """BPTT from dL/dhs[N,T,H]: dx[B,T,I] (when want_dx; summed over members, who share x),
-    dw_ih[K,G,I], dw_hh[K,G,H], db[K,G].
+def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_ih, lw_hh, lb):
+    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H]: dx[B,T,I] (when want_dx: their
+    contribution, summed over the members that share a row of x), and per sequence the
+    gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`_lstm_reduce` adds up each
+    member's sequences).
 
     gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
     h_t = o tanh(c_t), walking back in time:
     dh = dhs_t + W_hh^T dz_{t+1};  dc = dc_{t+1} f_{t+1} + dh o (1 - tanh²c_t);
     dz = [dc g · i(1-i), dc c_{t-1} · f(1-f), dc i · (1-g²), dh tanh c_t · o(1-o)];
     dx_t = W_ih^T dz_t, dW_ih += dz_t x_t^T, db += dz_t, dW_hh += dz_t h_{t-1}^T.
-    Sums are kept per lane (gate, sequence, unit) in float64 and reduced over each member's
-    sequences at the end.
+    Sums are kept per lane (gate, sequence, unit) in float64.
     """
     n_seq, n_steps, n_hidden = hs.shape
     n_batch = x.shape[0]
-    n_members = w_hh.shape[0]
     n_input = w_ih.shape[2]
     units = n_seq * n_hidden
     # (the biases do not enter the backward pass: any [K, G] array stands in for them)
     b_any = w_ih[:, :, 0]
-    wix, whx, _, _, _, xb, nb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch)
+    wix, whx, _, _, _, xb, nb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
     dwix = np.zeros((n_input, 4 * units))
     dwhx = np.zeros((n_hidden, 4 * units))
     dbx = np.zeros(4 * units)
@@ -193,7 +193,7 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, want_dx, dx, dw_ih, d
         if want_dx:
             dxt[:] = 0.0
             for n in range(n_seq):
-                bi = n % n_batch
+                bi = (n0 + n) % n_batch
                 for k in range(n_input):
                     s = 0.0
                     for gate in range(4):
@@ -219,24 +219,39 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, want_dx, dx, dw_ih, d
                     for j in range(n_hidden):
                         s += prod[k, base + j]
                 dh[n * n_hidden + k] = s
-    for m in range(n_members):
+    for n in range(n_seq):
         for gate in range(4):
             for j in range(n_hidden):
+                q = gate * units + n * n_hidden + j
                 r = gate * n_hidden + j
-                sb = 0.0
-                for bi in range(n_batch):
-                    sb += dbx[gate * units + (m * n_batch + bi) * n_hidden + j]
-                db[m, r] = sb
+                lb[n, r] = dbx[q]
                 for k in range(n_input):
-                    s = 0.0
-                    for bi in range(n_batch):
-                        s += dwix[k, gate * units + (m * n_batch + bi) * n_hidden + j]
-                    dw_ih[m, r, k] = s
+                    lw_ih[n, r, k] = dwix[k, q]
                 for k in range(n_hidden):
-                    s = 0.0
-                    for bi in range(n_batch):
-                        s += dwhx[k, gate * units + (m * n_batch + bi) * n_hidden + j]
-                    dw_hh[m, r, k] = s
+                    lw_hh[n, r, k] = dwhx[k, q]
+
+
+@_njit
+def _lstm_reduce(lw_ih, lw_hh, lb, n_batch, dw_ih, dw_hh, db):
+    """Each member's gradients: the sums over its B sequences, in sequence order."""
+    n_members, n_gates, n_input = dw_ih.shape
+    n_hidden = dw_hh.shape[2]
+    for m in range(n_members):
+        for r in range(n_gates):
+            sb = 0.0
+            for bi in range(n_batch):
+                sb += lb[m * n_batch + bi, r]
+            db[m, r] = sb
+            for k in range(n_input):
+                s = 0.0
+                for bi in range(n_batch):
+                    s += lw_ih[m * n_batch + bi, r, k]
+                dw_ih[m, r, k] = s
+            for k in range(n_hidden):
+                s = 0.0
+                for bi in range(n_batch):
+                    s += lw_hh[m * n_batch + bi, r, k]
+                dw_hh[m, r, k] = s
 
 
 def _check_lstm(
@@ -263,8 +278,9 @@ def _check_lstm(
 class LSTMFunction(torch.autograd.Function):
     """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`.
 
-    The members run in groups, one per thread (`glue.set_threads`), each group with its own
-    saved gates and cells.
+    The K·B sequences run in groups, one per thread (`glue.set_threads`), each group with its
+    own saved gates and cells; gradients are summed per sequence, then per member in
+    sequence order, so the result is the same bit for bit whatever the number of groups.
     """
 
     @staticmethod
@@ -282,23 +298,16 @@ class LSTMFunction(torch.autograd.Function):
         x, weight_ih, weight_hh = x.contiguous(), weight_ih.contiguous(), weight_hh.contiguous()
         w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
         xn, hn = _np(x), hs.numpy()
-        groups = member_groups(n_members)
+        groups = sequence_groups(n_members * n_batch)
         saved: dict[tuple[int, int], list[torch.Tensor]] = {}
 
-        def work(m0: int, m1: int) -> None:
-            units = (m1 - m0) * n_batch * n_hidden
+        def work(n0: int, n1: int) -> None:
+            units = (n1 - n0) * n_hidden
             cs = torch.empty(n_steps, units, dtype=x.dtype)
             tcs = torch.empty_like(cs)
             gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
-            _lstm_forward_train(
-                xn,
-                *(a[m0:m1] for a in w),
-                hn[m0 * n_batch : m1 * n_batch],
-                cs.numpy(),
-                tcs.numpy(),
-                gates.numpy(),
-            )
-            saved[(m0, m1)] = [cs, tcs, gates]
+            _lstm_forward_train(xn, *w, n0, hn[n0:n1], cs.numpy(), tcs.numpy(), gates.numpy())
+            saved[(n0, n1)] = [cs, tcs, gates]
 
         run_groups(work, groups)
         ctx.groups = groups
@@ -313,37 +322,43 @@ class LSTMFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight_ih, weight_hh, hs, *per_group = ctx.saved_tensors
         groups = ctx.groups
-        n_batch = x.shape[0]
+        n_seq = hs.shape[0]
         want_dx = bool(ctx.needs_input_grad[0])
-        dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
-        dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
-        db = torch.empty(weight_hh.shape[:2], dtype=x.dtype)
+        # Per-sequence gradient sums, filled by the groups, then added up per member.
+        lw_ih = np.empty((n_seq, *weight_ih.shape[1:]))
+        lw_hh = np.empty((n_seq, *weight_hh.shape[1:]))
+        lb = np.empty((n_seq, weight_hh.shape[1]))
         dxs = [torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype) for _ in groups]
         dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
         wih, whh = _np(weight_ih), _np(weight_hh)
-        outs = (dw_ih.numpy(), dw_hh.numpy(), db.numpy())
 
-        def work(m0: int, m1: int) -> None:
-            i = groups.index((m0, m1))
+        def work(n0: int, n1: int) -> None:
+            i = groups.index((n0, n1))
             cs, tcs, gates = per_group[3 * i : 3 * i + 3]
-            rows = slice(m0 * n_batch, m1 * n_batch)
             _lstm_backward(
-                dhn[rows],
+                dhn[n0:n1],
                 xn,
-                hn[rows],
+                hn[n0:n1],
                 _np(cs),
                 _np(tcs),
                 _np(gates),
-                wih[m0:m1],
-                whh[m0:m1],
+                wih,
+                whh,
+                n0,
                 want_dx,
                 dxs[i].numpy(),
-                *(o[m0:m1] for o in outs),
+                lw_ih[n0:n1],
+                lw_hh[n0:n1],
+                lb[n0:n1],
             )
 
         run_groups(work, groups)
+        dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
+        dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
+        db = torch.empty(weight_hh.shape[:2], dtype=x.dtype)
+        _lstm_reduce(lw_ih, lw_hh, lb, x.shape[0], dw_ih.numpy(), dw_hh.numpy(), db.numpy())
         dx = None
-        if want_dx:  # the members share x: their contributions add up, in a fixed order
+        if want_dx:  # the groups share x: their contributions add up, in a fixed order
             dx = dxs[0]
             for part in dxs[1:]:
                 dx = dx + part
@@ -413,11 +428,10 @@ def lstm_population_inference(
     xn, hn = _np(x), hs.numpy()
     hv, cv = h.view(n_seq, n_hidden).numpy(), c.view(n_seq, n_hidden).numpy()
 
-    def work(m0: int, m1: int) -> None:
-        rows = slice(m0 * n_batch, m1 * n_batch)
-        _lstm_forward_infer(xn, *(a[m0:m1] for a in w), hv[rows], cv[rows], hn[rows])
+    def work(n0: int, n1: int) -> None:
+        _lstm_forward_infer(xn, *w, n0, hv[n0:n1], cv[n0:n1], hn[n0:n1])
 
-    run_groups(work, member_groups(n_members))
+    run_groups(work, sequence_groups(n_seq))
     return hs.view(n_members, n_batch, x.shape[1], n_hidden)
 
 

@@ -237,11 +237,14 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_members_in_parallel_threads_give_the_same_bits(kind: str, restore_threads) -> None:
+@pytest.mark.parametrize("size", [1, 5])
+def test_members_in_parallel_threads_give_the_same_bits(
+    kind: str, size: int, restore_threads
+) -> None:
     kernels = restore_threads
-    pop = build_population(kind, seed=9, size=5, n_hidden=3)
+    pop = build_population(kind, seed=9, size=size, n_hidden=3)
     x = torch.randn(3, 80, 2, generator=torch.Generator().manual_seed(1))
-    dy = torch.randn(5, 3, 80, 1, generator=torch.Generator().manual_seed(2))
+    dy = torch.randn(size, 3, 80, 1, generator=torch.Generator().manual_seed(2))
     results = []
     for threads in (1, 2, 3, 8):
         kernels.set_threads(threads)
