@@ -17,7 +17,8 @@ loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hid
 Then, with torch's default thread count:
 
 - population: `models.train` on a population of K = 1, 2, 4, 8, 16 members (no halving inside
-  the measured epochs), ms per epoch and the ratio to K = 1;
+  the measured epochs), ms per epoch and the ratio to K = 1, set up as a worker is (torch on
+  one thread, the kernels' sequence groups on every core);
 - service: what a user sees through rnnlab — a real `rnnlab serve` (SQLite, one local
   worker) trains runs of E1 and E2 epochs; per-epoch cost = (duration(E2) - duration(E1)) /
   (E2 - E1) from the runs' started_at/finished_at, so setup and the final evaluation cancel
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import TrainConfig, build_model, build_population, fit, make_splits, train
+from models import TrainConfig, build_model, build_population, fit, kernels, make_splits, train
 from models.networks import reference_mode
 from models.training import make_optimizer
 
@@ -167,7 +168,10 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
 
 def population_rows(args: argparse.Namespace, splits: Any) -> None:
     """ms per epoch of models.train for populations of K members, both kinds."""
-    print(f"\npopulation: models.train, {torch.get_num_threads()} thread(s), ms per epoch")
+    print(
+        f"\npopulation: models.train, kernels on {kernels.get_threads()} thread(s), torch on "
+        f"{torch.get_num_threads()}, ms per epoch"
+    )
     print(f"{'kind':<6} {'K':>3} {'median':>9} {'vs K=1':>7}")
     for kind in ("lstm", "elman"):
         base = None
@@ -312,7 +316,9 @@ def main(argv: list[str] | None = None) -> None:
             if i:
                 print()
             report(args, measure(args, data))
-    torch.set_num_threads(default_threads)
+    # As a worker runs: torch on one thread, the kernels' sequence groups on every core.
+    torch.set_num_threads(1)
+    kernels.set_threads(default_threads)
     if "population" not in skip:
         population_rows(args, splits)
     if "service" not in skip:

@@ -136,7 +136,7 @@ class RunMetrics(BaseModel):
 
 # A real default LSTM run (seed 1), as GET /runs/{id} showed it.
 RUN_EXAMPLE: dict[str, Any] = {
-    "id": "3f1c9a6e0b7d4c2a8e5f1b0d9c7a6e4f",
+    "id": "6d527ffaf81942d0a90e7632a9652e1c",
     "status": "succeeded",
     "model": "lstm",
     "config": {
@@ -152,22 +152,22 @@ RUN_EXAMPLE: dict[str, Any] = {
         "lr_schedule": _DEFAULTS.lr_schedule,
         "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
     },
-    "created_at": "2026-11-29T10:00:00Z",
-    "started_at": "2026-11-29T10:00:00.05Z",
-    "finished_at": "2026-11-29T10:00:06.2Z",
-    "epochs_completed": _DEFAULTS.epochs,
+    "created_at": "2026-11-29T05:34:01.853315Z",
+    "started_at": "2026-11-29T05:34:03.324272Z",
+    "finished_at": "2026-11-29T05:34:19.276529Z",
+    "epochs_completed": 300,
     "attempt": 1,
     "device": "cpu",
     "error": None,
     "metrics": {
-        "train_loss": 0.00071,
-        "valid_loss": 0.00069,
-        "test_mse": 0.00072,
-        "baseline_mse": 0.167,
-        "marker_mse": 0.0014,
-        "marker_baseline_mse": 0.334,
-        "error_ratio": 0.0043,
-        "marker_error_ratio": 0.0043,
+        "train_loss": 0.0007333060881743828,
+        "valid_loss": 0.0006873801902488426,
+        "test_mse": 0.0006754286431844231,
+        "baseline_mse": 0.3309493744398422,
+        "marker_mse": 0.0012351750908900032,
+        "marker_baseline_mse": 0.6669378347421808,
+        "error_ratio": 0.0020408820664116352,
+        "marker_error_ratio": 0.0018520093276271944,
         "verdict": "learned",
     },
 }

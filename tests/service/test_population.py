@@ -164,3 +164,18 @@ def test_legacy_run_rows_read_as_population_one(client: TestClient) -> None:
     assert run["status"] == "succeeded", run["error"]
     members = client.get(f"/runs/{run_id}/members").json()
     assert len(members) == 1 and members[0]["kept"] and members[0]["seed"] == member_seed(7, 0)
+
+
+def test_schema_states_the_verdict_and_shows_it_in_the_example(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    verdict = schema["RunMetrics"]["properties"]["verdict"]
+    assert "'learned' at most 0.05" in verdict["description"]
+    assert "'partly' at most 0.5" in verdict["description"]
+    example = schema["RunRead"]["examples"][0]
+    m = example["metrics"]
+    assert m["verdict"] == "learned"
+    assert m["error_ratio"] == pytest.approx(m["test_mse"] / m["baseline_mse"])
+    assert m["marker_error_ratio"] == pytest.approx(m["marker_mse"] / m["marker_baseline_mse"])
+    assert example["config"]["population"] == TrainConfig().population
+    create = schema["RunCreate"]["properties"]["population"]
+    assert create["minimum"] == 1 and create["maximum"] == 64
