@@ -122,6 +122,29 @@ class Population(nn.Module):
         y = torch.baddbmm(b[:, None, :], hs.reshape(k, n_batch * n_steps, -1), w.transpose(1, 2))
         return y.view(k, n_batch, n_steps, self.n_out)
 
+    def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[K]: each member's mean squared error on (x, target), differentiable.
+
+        On the CPU with autograd, one fused pass (`models.kernels.loss`): the read-out, the
+        error and (Elman) the input projection run in the compiled loops instead of a dozen
+        torch operations. Elsewhere, and in `reference_mode()`, the plain expression.
+        """
+        fused = (
+            _fast_path(x, self) == "cpu"
+            and torch.is_grad_enabled()
+            and not x.requires_grad
+            and target.dtype == x.dtype
+            and target.device == x.device
+        )
+        if not fused:
+            return ((self(x) - target) ** 2).mean(dim=(1, 2, 3))
+        check_input(x, self.n_input)
+        if self.kind == "elman":
+            return kernels.elman_population_mse(x.contiguous(), target.contiguous(), *self.params)
+        order = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"]
+        weights = [self.param(n) for n in [*order, "fc.weight", "fc.bias"]]
+        return kernels.lstm_population_mse(x.contiguous(), target.contiguous(), *weights)
+
     def _elman_hidden(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1 = self.param("l1.weight"), self.param("l1.bias")
         wr, br = self.param("hr.weight"), self.param("hr.bias")

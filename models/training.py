@@ -335,7 +335,7 @@ def train(
         for i in range(0, n, config.batch_size):
             xb, tb = X[i : i + config.batch_size], T[i : i + config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            per_member = ((pop(xb) - tb) ** 2).mean(dim=(1, 2, 3))  # (K,): each one's MSE
+            per_member = pop.mse(xb, tb)  # (K,): each member's MSE, one fused pass on the CPU
             per_member.sum().backward()  # each member's gradient is its own loss's
             if config.clip_grad_norm > 0:
                 _clip_per_member(list(pop.parameters()), config.clip_grad_norm)

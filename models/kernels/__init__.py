@@ -41,6 +41,7 @@ from models.kernels.elman import (
     elman_recurrence,
 )
 from models.kernels.glue import DTYPES, get_threads, set_threads
+from models.kernels.loss import elman_population_mse, lstm_population_mse
 from models.kernels.lstm import (
     LSTMFunction,
     lstm_inference,
@@ -60,12 +61,14 @@ __all__ = [
     "elman_inference",
     "elman_population",
     "elman_population_inference",
+    "elman_population_mse",
     "elman_recurrence",
     "elman_rnn_tanh",
     "get_threads",
     "lstm_inference",
     "lstm_population",
     "lstm_population_inference",
+    "lstm_population_mse",
     "lstm_recurrence",
     "set_threads",
     "warm_up",
