@@ -28,6 +28,13 @@ from service.schemas import DataSpec, PredictRequest, RunCreate
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "yes", "1")
+
+
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -53,6 +60,8 @@ def _field_options(parser: argparse.ArgumentParser, model: type[Any], dest_prefi
             kwargs["type"] = int
         elif annotation is float:
             kwargs["type"] = float
+        elif annotation is bool:
+            kwargs.update(type=_boolean, metavar="{true,false}")
         kwargs.setdefault("metavar", name.upper())
         help_text = (field.description or "").replace("%", "%%")
         if field.is_required():

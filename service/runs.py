@@ -71,7 +71,12 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # Fields added after runs were first stored, with the values those runs were trained with.
-LEGACY_FIELDS: dict[str, Any] = {"population": 1, "clip_grad_norm": 0.0, "lr_schedule": "constant"}
+LEGACY_FIELDS: dict[str, Any] = {
+    "population": 1,
+    "clip_grad_norm": 0.0,
+    "lr_schedule": "constant",
+    "restore_best": False,
+}
 
 
 def config_from_json(d: dict[str, Any]) -> TrainConfig:

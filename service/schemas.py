@@ -76,6 +76,11 @@ class RunCreate(Body):
         default=_DEFAULTS.lr_schedule,  # type: ignore[arg-type]
         description="constant, or cosine: decays from learning_rate to 0 over the epochs",
     )
+    restore_best: Annotated[bool, Strict()] = Field(
+        default=_DEFAULTS.restore_best,
+        description="the run's model is the kept member's weights at its lowest validation "
+        "loss (its best_epoch in /members), not at the last epoch",
+    )
     data: DataSpec = Field(default_factory=DataSpec)
 
     model_config = ConfigDict(
@@ -93,6 +98,7 @@ class RunCreate(Body):
                     "population": _DEFAULTS.population,
                     "clip_grad_norm": _DEFAULTS.clip_grad_norm,
                     "lr_schedule": _DEFAULTS.lr_schedule,
+                    "restore_best": _DEFAULTS.restore_best,
                     "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
                 }
             ]
@@ -113,6 +119,7 @@ class RunConfig(BaseModel):
     population: int
     clip_grad_norm: float
     lr_schedule: LRSchedule
+    restore_best: bool
     data: DataSpec
 
 
@@ -150,6 +157,7 @@ RUN_EXAMPLE: dict[str, Any] = {
         "population": _DEFAULTS.population,
         "clip_grad_norm": _DEFAULTS.clip_grad_norm,
         "lr_schedule": _DEFAULTS.lr_schedule,
+        "restore_best": _DEFAULTS.restore_best,
         "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
     },
     "created_at": "2026-11-29T05:34:01.853315Z",
@@ -200,6 +208,10 @@ class MemberRead(BaseModel):
     valid_loss: float | None = Field(description="its last epoch's validation MSE")
     kept: bool = Field(description="true for the member that became the run's model")
     diverged: bool = Field(description="stopped because its loss became non-finite")
+    best_epoch: int | None = Field(
+        default=None, description="the epoch of its lowest validation loss"
+    )
+    best_valid_loss: float | None = Field(default=None, description="that validation loss")
 
 
 class RunList(BaseModel):

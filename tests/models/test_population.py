@@ -13,6 +13,7 @@ from models import (
     TrainConfig,
     build_model,
     build_population,
+    evaluate,
     fit,
     halving_epochs,
     make_splits,
@@ -298,3 +299,27 @@ def test_fused_training_loss_equals_the_reference(kind: str, case: int) -> None:
         assert (g is None) == (r is None), name  # one Elman step never reaches hr
         if g is not None:
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_restore_best_keeps_the_kept_members_best_validation_epoch(size: int) -> None:
+    cfg = TrainConfig(
+        model="lstm", epochs=10, population=size, seed=4, **{**SMALL, "learning_rate": 0.2}
+    )
+    splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len)
+    result = fit(cfg)
+    kept = result.history.kept
+    assert kept is not None and kept.best_epoch is not None
+    assert kept.best_valid_loss <= kept.valid_loss
+    # The model's validation MSE is that of its best epoch, not its last.
+    assert evaluate(result.model, splits.valid).test_mse == pytest.approx(
+        kept.best_valid_loss, rel=1e-5
+    )
+    last = fit(
+        TrainConfig(**{**cfg.to_dict(), "marker_probs": cfg.marker_probs, "restore_best": False})
+    )
+    assert evaluate(last.model, splits.valid).test_mse == pytest.approx(
+        last.history.kept.valid_loss, rel=1e-5
+    )
+    with pytest.raises(ValueError, match="restore_best must be true or false"):
+        TrainConfig(restore_best=1)

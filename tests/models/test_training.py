@@ -38,6 +38,7 @@ def small_config(**overrides):
         "seq_len": 40,
         "seed": 0,
         "device": "cpu",
+        "restore_best": False,  # these tests follow the weights epoch by epoch
     }
     return TrainConfig(**{**base, **overrides})
 

@@ -39,6 +39,8 @@ def test_population_run_members_losses_and_checkpoint(client: TestClient) -> Non
             "valid_loss": None,
             "kept": False,
             "diverged": False,
+            "best_epoch": None,
+            "best_valid_loss": None,
         }
         for i in range(4)
     ]
@@ -61,6 +63,7 @@ def test_population_run_members_losses_and_checkpoint(client: TestClient) -> Non
     # Every stopped member's last validation loss was no better than a survivor's then.
     for m in members:
         assert m["valid_loss"] is not None and m["train_loss"] is not None
+        assert 1 <= m["best_epoch"] <= m["epochs"] and m["best_valid_loss"] <= m["valid_loss"]
     stopped_at_2 = [m for m in members if m["epochs"] == 2]
     assert all(losses["valid_loss"][1] <= m["valid_loss"] for m in stopped_at_2)
 
