@@ -106,29 +106,18 @@ def _complain(console: Console, errors: list[dict[str, Any]]) -> int:
     return EXIT_USAGE
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def set_torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
 def train(args: argparse.Namespace) -> int:
     """Validate as POST /runs does, train in the foreground, report, write what was asked."""
+    import torch
+
     import models
     from service import plots, runs
     from service.execution import checkpoint_bytes
     from service.settings import get_settings
 
     console = Console(stderr=True, soft_wrap=True)
-    for path, suffixes in ((args.plot, (".svg", ".png")),):
-        if path is not None and path.suffix not in suffixes:
-            return _complain(console, [{"loc": ["plot"], "msg": "must end in .svg or .png"}])
+    if args.plot is not None and args.plot.suffix not in (".svg", ".png"):
+        return _complain(console, [{"loc": ["plot"], "msg": "must end in .svg or .png"}])
     try:
         spec = RunCreate.model_validate(run_spec(args))
         runs.check_limits(spec, get_settings())
@@ -147,9 +136,10 @@ def train(args: argparse.Namespace) -> int:
         console.print("[yellow]stopping at the end of this epoch (Ctrl+C again to abort)[/yellow]")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    # A population's members on every core; torch's own pool would only compete with them.
-    models.kernels.set_threads(torch_threads())
-    set_torch_threads(1)
+    # The kernels' sequence groups on every core, as a worker does; torch's own thread pool
+    # would only compete with them.
+    models.kernels.set_threads(torch.get_num_threads())
+    torch.set_num_threads(1)
     device = models.resolve_device(cfg.device)
     splits = models.make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
     pop = models.build_population(

@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np, run_groups, sequence_groups
+from models.kernels.glue import _check, _np, reduce_members, run_groups, sequence_groups
 
 
 @_njit(inline="always")
@@ -88,7 +88,7 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
 def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
     """BPTT of sequences n0 … n0+N'-1: da[N',T,H], and per sequence the gradient sums
     lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), from dL/dhs[N',T,H] and the
-    forward's hs[N',T,H]; `_elman_reduce` adds up each member's sequences.
+    forward's hs[N',T,H]; `glue.reduce_members` adds up each member's sequences.
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
@@ -130,23 +130,6 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
             lb[local, j] = dbx[u]
             for k in range(n_hidden):
                 lw[local, j, k] = dwx[k, u]
-
-
-@_njit
-def _elman_reduce(lw, lb, n_batch, dw, db):
-    """Each member's gradients: the sums over its B sequences, in sequence order."""
-    n_members, n_hidden, _ = dw.shape
-    for m in range(n_members):
-        for j in range(n_hidden):
-            sb = 0.0
-            for bi in range(n_batch):
-                sb += lb[m * n_batch + bi, j]
-            db[m, j] = sb
-            for k in range(n_hidden):
-                s = 0.0
-                for bi in range(n_batch):
-                    s += lw[m * n_batch + bi, j, k]
-                dw[m, j, k] = s
 
 
 def _forward_groups(
@@ -197,8 +180,6 @@ class ElmanFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         hs, weight = ctx.saved_tensors
         da = torch.empty_like(hs)
-        dw = torch.empty(weight.shape, dtype=hs.dtype)
-        db = torch.empty(weight.shape[:2], dtype=hs.dtype)
         dhn, hn, wn = _np(dhs.reshape(hs.shape)), _np(hs), _np(weight)
         dan = da.numpy()
         n_seq = hs.shape[0]
@@ -213,7 +194,8 @@ class ElmanFunction(torch.autograd.Function):
             )
 
         run_groups(work, sequence_groups(n_seq))
-        _elman_reduce(lw, lb, n_batch, dw.numpy(), db.numpy())
+        dw = reduce_members(lw, n_batch, weight)
+        db = reduce_members(lb, n_batch, weight.new_empty(weight.shape[:2]))
         da = da.view(*weight.shape[:1], -1, *hs.shape[1:])
         if hs.shape[1] == 1:
             # One step never uses hr: no gradient at all (None), as in the reference, so that

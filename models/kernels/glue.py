@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from models.kernels.compile import _njit
+
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -70,3 +72,24 @@ def run_groups(fn: Callable[[int, int], None], groups: list[tuple[int, int]]) ->
         pool = _pool
     for future in [pool.submit(fn, a, b) for a, b in groups]:
         future.result()
+
+
+@_njit
+def _reduce_lanes(lanes, n_batch, out):
+    """out[m, c] = Σ_b lanes[m·B + b, c] in sequence order: a member's gradient from its
+    sequences' sums (lanes and out flattened to [sequences, c] and [members, c])."""
+    n_members, width = out.shape
+    for m in range(n_members):
+        for c in range(width):
+            s = 0.0
+            for bi in range(n_batch):
+                s += lanes[m * n_batch + bi, c]
+            out[m, c] = s
+
+
+def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped and typed like `like` [K, …]: per-sequence sums [K·B, …] added up per
+    member, in sequence order (so the result does not depend on how sequences were grouped)."""
+    out = torch.empty(like.shape, dtype=like.dtype)
+    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+    return out

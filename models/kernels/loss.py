@@ -20,8 +20,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _njit
 from models.kernels.elman import _elman_backward, _elman_forward
-from models.kernels.glue import _check, _np, run_groups, sequence_groups
-from models.kernels.lstm import _lstm_backward, _lstm_forward_train, _lstm_reduce
+from models.kernels.glue import _check, _np, reduce_members, run_groups, sequence_groups
+from models.kernels.lstm import _lstm_backward, _lstm_forward_train, bias_like
 
 
 @_njit
@@ -105,26 +105,6 @@ def _project_backward(x, da, n_batch, n0, lw1, lb1):
                 lw1[local, j, i] = sw[j, i]
 
 
-@_njit
-def _reduce_lanes(lanes, n_batch, out):
-    """out[m, ...] = Σ_b lanes[m·B + b, ...] in sequence order (lanes flattened per sequence)."""
-    n_members = out.shape[0]
-    width = lanes.shape[1]
-    for m in range(n_members):
-        for c in range(width):
-            s = 0.0
-            for bi in range(n_batch):
-                s += lanes[m * n_batch + bi, c]
-            out[m, c] = s
-
-
-def _reduce(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(like.shape, dtype=like.dtype)
-    flat = out.view(out.shape[0], -1).numpy()
-    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, flat)
-    return out
-
-
 def _losses(sq: np.ndarray, n_members: int, n_batch: int, count: int, dtype: torch.dtype) -> Any:
     per_member = sq.reshape(n_members, n_batch).sum(axis=1) / count  # sequence order
     return torch.from_numpy(per_member).to(dtype)
@@ -199,11 +179,11 @@ class LSTMLossFunction(torch.autograd.Function):
             )  # fmt: skip
 
         run_groups(work, groups)
-        dw_ih = torch.empty(weight_ih.shape, dtype=weight_ih.dtype)
-        dw_hh = torch.empty(weight_hh.shape, dtype=weight_hh.dtype)
-        db = torch.empty(weight_hh.shape[:2], dtype=weight_hh.dtype)
-        _lstm_reduce(lw_ih, lw_hh, lb, n_batch, dw_ih.numpy(), dw_hh.numpy(), db.numpy())
-        dfc_w, dfc_b = _reduce(lw2, n_batch, fc_weight), _reduce(lb2, n_batch, fc_bias)
+        dw_ih = reduce_members(lw_ih, n_batch, weight_ih)
+        dw_hh = reduce_members(lw_hh, n_batch, weight_hh)
+        db = reduce_members(lb, n_batch, bias_like(weight_hh))
+        dfc_w = reduce_members(lw2, n_batch, fc_weight)
+        dfc_b = reduce_members(lb2, n_batch, fc_bias)
         return None, None, dw_ih, dw_hh, db, db.clone(), dfc_w, dfc_b
 
 
@@ -274,7 +254,7 @@ class ElmanLossFunction(torch.autograd.Function):
 
         run_groups(work, groups)
         grads = [
-            _reduce(lanes[k], n_batch, like)
+            reduce_members(lanes[k], n_batch, like)
             for k, like in zip(
                 ("w1", "b1", "wr", "br", "w2", "b2"),
                 (l1_weight, l1_bias, hr_weight, hr_bias, l2_weight, l2_bias),

@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np, run_groups, sequence_groups
+from models.kernels.glue import _check, _np, reduce_members, run_groups, sequence_groups
 
 
 @_njit(inline="always")
@@ -231,27 +231,9 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
                     lw_hh[n, r, k] = dwhx[k, q]
 
 
-@_njit
-def _lstm_reduce(lw_ih, lw_hh, lb, n_batch, dw_ih, dw_hh, db):
-    """Each member's gradients: the sums over its B sequences, in sequence order."""
-    n_members, n_gates, n_input = dw_ih.shape
-    n_hidden = dw_hh.shape[2]
-    for m in range(n_members):
-        for r in range(n_gates):
-            sb = 0.0
-            for bi in range(n_batch):
-                sb += lb[m * n_batch + bi, r]
-            db[m, r] = sb
-            for k in range(n_input):
-                s = 0.0
-                for bi in range(n_batch):
-                    s += lw_ih[m * n_batch + bi, r, k]
-                dw_ih[m, r, k] = s
-            for k in range(n_hidden):
-                s = 0.0
-                for bi in range(n_batch):
-                    s += lw_hh[m * n_batch + bi, r, k]
-                dw_hh[m, r, k] = s
+def bias_like(weight_hh: torch.Tensor) -> torch.Tensor:
+    """An empty [K, G] tensor: the shape and type of the members' stacked biases."""
+    return weight_hh.new_empty(weight_hh.shape[:2])
 
 
 def _check_lstm(
@@ -353,10 +335,10 @@ class LSTMFunction(torch.autograd.Function):
             )
 
         run_groups(work, groups)
-        dw_ih = torch.empty(weight_ih.shape, dtype=x.dtype)
-        dw_hh = torch.empty(weight_hh.shape, dtype=x.dtype)
-        db = torch.empty(weight_hh.shape[:2], dtype=x.dtype)
-        _lstm_reduce(lw_ih, lw_hh, lb, x.shape[0], dw_ih.numpy(), dw_hh.numpy(), db.numpy())
+        n_batch = x.shape[0]
+        dw_ih = reduce_members(lw_ih, n_batch, weight_ih)
+        dw_hh = reduce_members(lw_hh, n_batch, weight_hh)
+        db = reduce_members(lb, n_batch, bias_like(weight_hh))
         dx = None
         if want_dx:  # the groups share x: their contributions add up, in a fixed order
             dx = dxs[0]

@@ -21,6 +21,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def offline_flags(profile: Path) -> list[str]:
+    """Chromium flags for a headless browser that can reach loopback and nothing else."""
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        # Only loopback is reachable, as on an offline machine.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,16 +71,7 @@ def test_swagger_ui_renders_offline(tmp_path: Path) -> None:
             [
                 CHROMIUM,
                 "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome'}",
-                # Only loopback is reachable, as on an offline machine.
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                *offline_flags(tmp_path / "chrome"),
                 "--virtual-time-budget=15000",
                 "--dump-dom",
                 f"http://127.0.0.1:{port}/docs",
