@@ -54,6 +54,11 @@ class ModelCache:
                 self._models.popitem(last=False)
         return model
 
+    def forget(self, run_id: str) -> None:
+        """Drop a run's model (when the run is deleted)."""
+        with self._lock:
+            self._models.pop(run_id, None)
+
 
 def check_predict_limits(sequences: list[list[list[float]]], settings: Settings) -> None:
     if len(sequences) > settings.max_predict_sequences:

@@ -87,6 +87,31 @@ def _clean_validation_errors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _leaf_routes(routes: list[Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(prefix, route) for every route, looking inside included routers."""
+    out: list[tuple[str, Any]] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's included routers
+        if inner is not None:
+            extra = getattr(getattr(route, "include_context", None), "prefix", "") or ""
+            out += _leaf_routes(list(inner.routes), prefix + extra)
+        else:
+            out.append((prefix, route))
+    return out
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` serves at `path`."""
+    methods: set[str] = set()
+    for prefix, route in _leaf_routes(list(app.router.routes)):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is None or not route_methods or not path.startswith(prefix):
+            continue
+        if regex.match(path[len(prefix) :]):
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Render every error the app can raise as problem+json; never a stack trace."""
 
@@ -101,8 +126,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        headers = getattr(exc, "headers", None)
-        return render(request, ProblemError(exc.status_code, detail, headers=headers))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; a path served by
+            # several routes (GET and POST /runs) must list them all.
+            allowed = allowed_methods(app, request.url.path)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        return render(request, ProblemError(exc.status_code, detail, headers=headers or None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

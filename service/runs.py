@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.population import member_seed
@@ -103,10 +103,25 @@ def resolve_config(spec: RunCreate) -> TrainConfig:
         raise invalid([{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
 
 
+def check_queue(session: Session, settings: Settings) -> None:
+    """429 with Retry-After when RNNLAB_MAX_QUEUED runs are already waiting."""
+    queued = session.scalar(
+        select(func.count()).select_from(Run).where(Run.status == RunStatus.queued)
+    )
+    if queued is not None and queued >= settings.max_queued:
+        raise ProblemError(
+            429,
+            f"{queued} runs are already queued (limit {settings.max_queued} on this server); "
+            "try again later",
+            headers={"Retry-After": str(settings.queue_retry_after_s)},
+        )
+
+
 def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
-    """Validate a run against the limits, resolve its config and store it as queued."""
+    """Validate a run against the limits and the queue bound, store it as queued."""
     check_limits(spec, settings)
     cfg = resolve_config(spec)
+    check_queue(session, settings)  # in the write transaction: the count cannot race
     run = Run(
         id=uuid.uuid4().hex,
         status=RunStatus.queued,
@@ -240,6 +255,22 @@ def read_losses(*, session: Session, run_id: str) -> Losses:
         train_loss=[r[1] for r in rows],
         valid_loss=[r[2] for r in rows],
     )
+
+
+def delete_run(*, session: Session, run_id: str) -> None:
+    """Delete an ended run with its losses and checkpoint; 409 while it is queued or running."""
+    run = get_run_or_404(session=session, run_id=run_id)
+    if run.status not in ENDED:
+        raise conflict(
+            f"run {run_id!r} is {run.status.value}; cancel it first, then delete it when it ends"
+        )
+    session.execute(delete(EpochLoss).where(EpochLoss.run_id == run_id))
+    session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+    gone = session.execute(
+        delete(Run).where(Run.id == run_id, Run.status.in_([s.value for s in ENDED]))
+    ).rowcount
+    if gone != 1:  # (the status cannot change under BEGIN IMMEDIATE; kept as a guard)
+        raise conflict(f"run {run_id!r} changed while being deleted; try again")
 
 
 def read_members(*, session: Session, run_id: str) -> list[MemberRead]:

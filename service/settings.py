@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_predict_steps: int = Field(default=1_000_000, ge=1)  # all sequences of one request
     max_predict_sequences: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # POST /runs answers 429 (Retry-After) while this many runs are already queued.
+    max_queued: int = Field(default=500, ge=1)
+    queue_retry_after_s: int = Field(default=30, ge=1)
     model_cache_size: int = Field(default=16, ge=1)
     events_poll_s: float = Field(default=0.25, gt=0)  # how often a /events stream looks
 

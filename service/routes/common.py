@@ -16,6 +16,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The run is not in a state that allows this",
         413: "Request body too large",
         422: "Invalid request: the offending fields are listed in `errors`",
+        429: "Too many runs queued: retry after the `Retry-After` header's seconds",
         503: "Not ready",
     }
     return {

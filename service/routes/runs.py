@@ -9,8 +9,8 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service import events, runs
-from service.deps import DbDep, SessionDep, SettingsDep
+from service import events, plots, runs
+from service.deps import CacheDep, DbDep, SessionDep, SettingsDep
 from service.problems import not_found
 from service.routes.common import problems
 from service.schemas import Losses, MemberRead, ModelKind, RunCreate, RunList, RunRead
@@ -29,6 +29,12 @@ router = APIRouter(prefix="/runs", tags=["runs"])
             "headers": {"Location": {"description": "/runs/{id}", "schema": {"type": "string"}}},
         },
         **problems(413, 422),
+        429: {
+            **problems(429)[429],
+            "headers": {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+            },
+        },
     },
 )
 def create_run(spec: RunCreate, db: DbDep, settings: SettingsDep, response: Response) -> RunRead:
@@ -106,6 +112,16 @@ async def read_events(
         db, run_id, last_event_id=last_event_id, poll_s=settings.events_poll_s
     ):
         yield event
+
+
+@router.delete("/{run_id}", status_code=204, response_class=Response, responses=problems(404, 409))
+def delete_run(db: DbDep, cache: CacheDep, run_id: str) -> Response:
+    """Delete an ended run with its losses and weights (a queued or running one: 409)."""
+    with db.writing() as session:
+        runs.delete_run(session=session, run_id=run_id)
+    cache.forget(run_id)
+    plots.forget(run_id)
+    return Response(status_code=204)
 
 
 @router.post(
