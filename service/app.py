@@ -121,6 +121,9 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Operation ids are the route functions' names (create_run, list_runs, predict, …),
+        # so that generated clients read well.
+        generate_unique_id_function=lambda route: route.name,
     )
     problems.install(app)
     app.include_router(runs.router)

@@ -81,3 +81,19 @@ def test_the_queue_bound_refuses_before_storing(tmp_path: Path) -> None:
         assert client.post("/runs", json=run_body()).status_code == 202
         spec = client.get("/openapi.json").json()["paths"]["/runs"]["post"]["responses"]
         assert "Retry-After" in spec["429"]["headers"]
+
+
+def test_operation_ids_are_short_verbs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    ids = {
+        (method.upper(), path): op["operationId"]
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+    }
+    assert len(set(ids.values())) == len(ids)  # unique
+    assert ids[("POST", "/runs")] == "create_run"
+    assert ids[("GET", "/runs")] == "list_runs"
+    assert ids[("GET", "/runs/{run_id}/losses")] == "read_losses"
+    assert ids[("POST", "/predict")] == "predict"
+    assert ids[("DELETE", "/runs/{run_id}")] == "delete_run"
+    assert all(len(i) <= 24 and i.replace("_", "").isalpha() for i in ids.values()), ids
