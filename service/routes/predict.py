@@ -17,9 +17,7 @@ router = APIRouter(tags=["predict"])
 
 
 @router.post("/predict", response_model=PredictResponse, responses=problems(404, 409, 413, 422))
-def predict(
-    body: PredictRequest, db: DbDep, cache: CacheDep, settings: SettingsDep
-) -> Response:
+def predict(body: PredictRequest, db: DbDep, cache: CacheDep, settings: SettingsDep) -> Response:
     """Run a succeeded run's network over sequences; one output per time step."""
     start = time.perf_counter()
     outputs = run_predict(
