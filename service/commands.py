@@ -28,6 +28,19 @@ from service.schemas import DataSpec, PredictRequest, RunCreate
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+def epoch_progress(console: Console) -> Progress:
+    """The progress bar of `train` and `runs watch`: epoch, losses, time spent and left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("train {task.fields[train]}  valid {task.fields[valid]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("true", "false", "yes", "no", "1", "0"):
@@ -145,16 +158,7 @@ def train(args: argparse.Namespace) -> int:
     pop = models.build_population(
         cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
     ).to(device)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("train {task.fields[train]}  valid {task.fields[valid]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    progress = epoch_progress(console)
     start = time.perf_counter()
     try:
         with progress:
@@ -303,14 +307,7 @@ def watch(args: argparse.Namespace) -> int:
     base = args.server.rstrip("/")
     last_id: str | None = None
     final: dict[str, Any] | None = None
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("train {task.fields[train]}  valid {task.fields[valid]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    progress = epoch_progress(console)
     task = None
     failures = 0
     with progress, httpx.Client(timeout=httpx.Timeout(30.0, read=60.0)) as http:
