@@ -41,6 +41,13 @@ VERDICT_DESCRIPTION = (
 )
 
 
+def _config_example(seed: int) -> dict[str, Any]:
+    """The default run config as the API shows it (data fields nested), with this seed."""
+    flat = {**_DEFAULTS.to_dict(), "seed": seed}
+    data = {k: flat.pop(k) for k in ("n_sequences", "seq_len", "marker_probs")}
+    return {**flat, "data": data}
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -85,24 +92,7 @@ class RunCreate(Body):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "lstm",
-                    "hidden_size": 2,
-                    "epochs": 300,
-                    "learning_rate": 0.01,
-                    "batch_size": 3,
-                    "seed": 0,
-                    "device": "auto",
-                    "population": _DEFAULTS.population,
-                    "clip_grad_norm": _DEFAULTS.clip_grad_norm,
-                    "lr_schedule": _DEFAULTS.lr_schedule,
-                    "restore_best": _DEFAULTS.restore_best,
-                    "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
-                }
-            ]
-        },
+        json_schema_extra={"examples": [_config_example(seed=0)]},
     )
 
 
@@ -146,20 +136,7 @@ RUN_EXAMPLE: dict[str, Any] = {
     "id": "6d527ffaf81942d0a90e7632a9652e1c",
     "status": "succeeded",
     "model": "lstm",
-    "config": {
-        "model": "lstm",
-        "hidden_size": 2,
-        "epochs": _DEFAULTS.epochs,
-        "learning_rate": _DEFAULTS.learning_rate,
-        "batch_size": 3,
-        "seed": 1,
-        "device": "auto",
-        "population": _DEFAULTS.population,
-        "clip_grad_norm": _DEFAULTS.clip_grad_norm,
-        "lr_schedule": _DEFAULTS.lr_schedule,
-        "restore_best": _DEFAULTS.restore_best,
-        "data": {"n_sequences": 9, "seq_len": 3000, "marker_probs": [0.25, 0.25, 0.5]},
-    },
+    "config": _config_example(seed=1),
     "created_at": "2026-11-29T05:34:01.853315Z",
     "started_at": "2026-11-29T05:34:03.324272Z",
     "finished_at": "2026-11-29T05:34:19.276529Z",

@@ -180,5 +180,9 @@ def test_schema_states_the_verdict_and_shows_it_in_the_example(client: TestClien
     assert m["error_ratio"] == pytest.approx(m["test_mse"] / m["baseline_mse"])
     assert m["marker_error_ratio"] == pytest.approx(m["marker_mse"] / m["marker_baseline_mse"])
     assert example["config"]["population"] == TrainConfig().population
+    # The request example is the default config: it posts as is and shows today's defaults.
+    (body,) = schema["RunCreate"]["examples"]
+    assert body["learning_rate"] == TrainConfig().learning_rate
+    assert client.post("/runs", json=body).status_code == 202
     create = schema["RunCreate"]["properties"]["population"]
     assert create["minimum"] == 1 and create["maximum"] == 64
