@@ -404,10 +404,7 @@ def train(
             with torch.no_grad():
                 for p, saved in zip(pop.params, best_weights[pop.indices[0]], strict=True):
                     p[0].copy_(saved)
-    if pop is not model:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(pop.param(name)[0])
+    if pop is not model:  # a population of one shares the network's storage: already updated
         model.eval()
     return history
 
