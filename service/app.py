@@ -7,18 +7,18 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import swagger_ui_bundle
 import torch
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db as database
-from service import lifecycle, metrics, problems
+from service import lifecycle, metrics, openapi, problems, security
 from service.inference import ModelCache
 from service.routes import compare, health, plots, predict, runs
 from service.settings import Settings, get_settings
@@ -149,34 +149,19 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
         )
 
-    _add_problem_schema(app)
+    openapi.install(app, settings)
+    # Outermost last: CORS (answers preflights, decorates every answer, 401s included),
+    # request metrics, the key check, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(security.APIKeyMiddleware, keys=settings.keys)
     app.add_middleware(metrics.RequestMetricsMiddleware)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
     return app
-
-
-def _add_problem_schema(app: FastAPI) -> None:
-    """Make 422 responses in /openapi.json point at the problem schema, not FastAPI's default."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original()
-        for path in schema.get("paths", {}).values():
-            for op in path.values():
-                resp = op.get("responses", {}).get("422")
-                if resp is not None:
-                    resp["description"] = "Invalid request: the offending fields are in `errors`"
-                    resp["content"] = {
-                        "application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}
-                        }
-                    }
-        components = schema.get("components", {}).get("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

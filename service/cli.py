@@ -23,10 +23,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.security import warn_if_open
 
     settings = get_settings()
     _logging(settings)
     app = create_app(settings)
+    warn_if_open(args.host, settings.keys)
     # One server process: it owns the worker pool (uvicorn's own --workers would fork copies).
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
     return 0
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("run_id")
     p.add_argument("--server", default="http://127.0.0.1:8000", help="(default: %(default)s)")
+    p.add_argument(
+        "--api-key", help="bearer key for a server with keys (default: RNNLAB_API_KEY's)"
+    )
     p.set_defaults(func=commands.watch)
     args = parser.parse_args(argv)
     return args.func(args)

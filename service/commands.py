@@ -273,7 +273,12 @@ def predict(args: argparse.Namespace) -> int:
     except Exception as e:  # safetensors' own errors, a missing key, a shape mismatch
         console.print(f"[red]error:[/red] {args.checkpoint}: not an rnnlab checkpoint ({e})")
         return EXIT_USAGE
-    outputs = predict_outputs(model, req.sequences)
+    try:
+        outputs = predict_outputs(model, req.sequences)
+    except ProblemError as e:  # non-finite outputs: the 422 /predict would answer
+        for err in e.errors or [{"msg": e.detail}]:
+            console.print(f"[red]error:[/red] {err['msg']}")
+        return EXIT_USAGE
     sys.stdout.write(json.dumps({"outputs": outputs}) + "\n")
     return EXIT_OK
 
@@ -303,8 +308,12 @@ def watch(args: argparse.Namespace) -> int:
     """Follow a run on a server through its event stream; exit with its final status."""
     import httpx
 
+    from service.settings import get_settings
+
     console = Console(stderr=True, soft_wrap=True)
     base = args.server.rstrip("/")
+    keys = get_settings().keys
+    key = args.api_key or (keys[0] if keys else None)
     last_id: str | None = None
     final: dict[str, Any] | None = None
     progress = epoch_progress(console)
@@ -313,6 +322,8 @@ def watch(args: argparse.Namespace) -> int:
     with progress, httpx.Client(timeout=httpx.Timeout(30.0, read=60.0)) as http:
         while final is None:
             headers = {"Accept": "text/event-stream"}
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
             try:

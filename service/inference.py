@@ -79,7 +79,7 @@ def check_predict_limits(sequences: list[list[list[float]]], settings: Settings)
                     "loc": ["body", "sequences"],
                     "msg": f"{steps} steps in all; at most {settings.max_predict_steps} "
                     "per request",
-                    "type": "limit_exceeded",
+                    "type": "combined_limit_exceeded",
                 }
             ]
         )
@@ -104,9 +104,25 @@ def predict_outputs(
     """One output per step of each validated sequence (the API and `rnnlab predict` share it)."""
     # Steps are validated [value, marker] pairs; flattening through fromiter is ~3× faster
     # than np.asarray on nested lists.
-    arrays = [
-        np.fromiter(chain.from_iterable(s), dtype=np.float32, count=2 * len(s)).reshape(-1, 2)
-        for s in sequences
-    ]
+    with np.errstate(over="ignore"):  # beyond float32: inf, and a 422 below if it matters
+        arrays = [
+            np.fromiter(chain.from_iterable(s), dtype=np.float32, count=2 * len(s)).reshape(-1, 2)
+            for s in sequences
+        ]
     outputs = predict(model, arrays)
+    for i, o in enumerate(outputs):
+        bad = np.flatnonzero(~np.isfinite(o[:, 0]))
+        if bad.size:
+            # JSON has no NaN or infinity: say where, instead of sending null or failing.
+            raise invalid(
+                [
+                    {
+                        "loc": ["body", "sequences", i, int(bad[0])],
+                        "msg": f"the model's output is not a finite number at this step "
+                        f"({bad.size} steps of sequence {i}); inputs this large overflow the "
+                        "network's float32 arithmetic",
+                        "type": "non_finite_output",
+                    }
+                ]
+            )
     return [o[:, 0].astype(np.float64).tolist() for o in outputs]

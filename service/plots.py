@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models import make_splits, predict
 from service.db import Database
 from service.inference import ModelCache
-from service.problems import invalid, not_found
+from service.problems import ProblemError, not_found
 from service.runs import config_from_json, get_run_or_404, require_succeeded
 from service.tables import ENDED, EpochLoss, Run
 
@@ -157,16 +157,12 @@ def _test_split(run: Run) -> Any:
     return make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs).test
 
 
-def _check_index(index: int | None, n: int) -> None:
+def _check_index(run_id: str, index: int | None, n: int) -> None:
     if index is not None and not 0 <= index < n:
-        raise invalid(
-            [
-                {
-                    "loc": ["query", "index"],
-                    "msg": f"must be a test sequence index, 0 … {n - 1}, for this run",
-                    "type": "out_of_range",
-                }
-            ]
+        # Which sequences exist depends on the run, so the schema cannot bound it: the asked
+        # sequence is a resource this run does not have.
+        raise ProblemError(
+            404, f"run {run_id!r} has no test sequence {index}; it has {n} (0 … {n - 1})"
         )
 
 
@@ -191,17 +187,12 @@ def predictions_plot(
     """A test sequence's targets and the model's outputs over time, marker-1 steps shown."""
     run = _succeeded_run(db, run_id)
     cfg = config_from_json(run.config)
-    _check_index(index, cfg.n_sequences)
+    _check_index(run_id, index, cfg.n_sequences)
     if not 0 <= start < cfg.seq_len:
-        raise invalid(
-            [
-                {
-                    "loc": ["query", "start"],
-                    "msg": f"must be 0 … {cfg.seq_len - 1} (the run's sequences have "
-                    f"{cfg.seq_len} steps)",
-                    "type": "out_of_range",
-                }
-            ]
+        raise ProblemError(
+            404,
+            f"run {run_id!r} has no time step {start}: its sequences have {cfg.seq_len} steps "
+            f"(start 0 … {cfg.seq_len - 1})",
         )
 
     def draw() -> bytes:
@@ -241,7 +232,7 @@ def scatter_plot(
     """Predicted against target over the test split (or one sequence), with the identity."""
     run = _succeeded_run(db, run_id)
     cfg = config_from_json(run.config)
-    _check_index(index, cfg.n_sequences)
+    _check_index(run_id, index, cfg.n_sequences)
 
     def draw() -> bytes:
         split = _test_split(run)
@@ -271,19 +262,16 @@ def scatter_plot(
     return _cached(("scatter", run_id, index, fmt), True, draw)
 
 
+# `runs=<id>,<id>,…`: 1 to MAX_COMPARE_RUNS ids, no blanks (published as the parameter's pattern).
+RUN_IDS_PATTERN = rf"^[^,\s]+(,[^,\s]+){{0,{MAX_COMPARE_RUNS - 1}}}$"
+RUN_IDS_DESCRIPTION = (
+    f"comma-separated run ids, 1 to {MAX_COMPARE_RUNS}; a run named twice is compared once"
+)
+
+
 def parse_run_ids(value: str) -> list[str]:
-    """`runs=<id>,<id>,…` → ids; 422 when empty, duplicated or too many."""
-    ids = [v.strip() for v in value.split(",")]
-    problem = None
-    if not value.strip() or any(not i for i in ids):
-        problem = "must be a comma-separated list of run ids"
-    elif len(ids) > MAX_COMPARE_RUNS:
-        problem = f"at most {MAX_COMPARE_RUNS} runs"
-    elif len(set(ids)) != len(ids):
-        problem = "names a run more than once"
-    if problem:
-        raise invalid([{"loc": ["query", "runs"], "msg": problem, "type": "value_error"}])
-    return ids
+    """`runs=<id>,<id>,…` (already matched against RUN_IDS_PATTERN) → distinct ids in order."""
+    return list(dict.fromkeys(value.split(",")))
 
 
 def load_runs(session: Session, ids: Sequence[str]) -> list[Run]:
@@ -310,7 +298,8 @@ def compare_plot(*, db: Database, ids: Sequence[str], fmt: Format) -> bytes:
             keep = _thin(len(epochs), MAX_LINE_POINTS)
             ax.plot(np.asarray(epochs)[keep], np.asarray(valid)[keep], label=label)
         ax.set_ylabel("validation MSE (log scale)")
-        ax.set_title(f"validation loss of {len(curves)} runs", fontsize=10)
+        noun = "run" if len(curves) == 1 else "runs"
+        ax.set_title(f"validation loss of {len(curves)} {noun}", fontsize=10)
         ax.legend(fontsize=8)
         return _render(fig, fmt)
 

@@ -74,9 +74,40 @@ def render(request: Request, exc: ProblemError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, media_type=MEDIA_TYPE, headers=exc.headers)
 
 
+UNDECODABLE = {
+    "loc": ["body"],
+    "msg": "not valid JSON: the body must be UTF-8 encoded JSON",
+    "type": "json_invalid",
+}
+
+
+def _is_json(request: Request) -> bool:
+    kind = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+def content_type_error(content_type: str | None) -> dict[str, Any]:
+    got = f"got {content_type!r}" if content_type else "none was sent"
+    return {
+        "loc": ["body"],
+        "msg": f"send the body as Content-Type: application/json ({got})",
+        "type": "content_type",
+    }
+
+
 def _clean_validation_errors(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in raw:
+        if e.get("type") == "json_invalid":
+            where = e.get("loc", ())[-1:]
+            reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+            at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+            out.append(
+                {"loc": ["body"], "msg": f"not valid JSON: {reason}{at}", "type": "json_invalid"}
+            )
+            continue
         item = {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         if "input" in e:
             # Echo small inputs only; a rejected 1M-step sequence must not come back.
@@ -121,10 +152,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return render(request, invalid(_clean_validation_errors(list(exc.errors()))))
+        errors = _clean_validation_errors(list(exc.errors()))
+        if any(e["loc"] == ["body"] for e in errors) and not _is_json(request):
+            # FastAPI hands a non-JSON body to the model as bytes; say what really went wrong.
+            errors = [content_type_error(request.headers.get("content-type"))]
+        return render(request, invalid(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400: a JSON body it could not decode (not UTF-8, …). One answer
+            # for every body that is not JSON: 422, as the schema declares.
+            return render(request, invalid([UNDECODABLE]))
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -24,34 +23,38 @@ MAX_LIST_LIMIT = 100
 
 def check_limits(spec: RunCreate, settings: Settings) -> None:
     """Refuse (422) a run larger than this server's configured limits."""
-    checks = [
-        (("epochs",), spec.epochs, settings.max_epochs),
-        (("hidden_size",), spec.hidden_size, settings.max_hidden_size),
-        (("batch_size",), spec.batch_size, settings.max_batch_size),
-        (("data", "n_sequences"), spec.data.n_sequences, settings.max_n_sequences),
-        (("data", "seq_len"), spec.data.seq_len, settings.max_seq_len),
-        (("data",), spec.data.n_sequences * spec.data.seq_len, settings.max_data_steps),
+    data = spec.data
+    # (loc, value, limit, what): the single-field bounds are published in the schema as each
+    # field's maximum; a combined one (with `what`) spans fields, so the schema describes it.
+    checks: list[tuple[tuple[str, ...], int, int, str]] = [
+        (("epochs",), spec.epochs, settings.max_epochs, ""),
+        (("hidden_size",), spec.hidden_size, settings.max_hidden_size, ""),
+        (("batch_size",), spec.batch_size, settings.max_batch_size, ""),
+        (("data", "n_sequences"), data.n_sequences, settings.max_n_sequences, ""),
+        (("data", "seq_len"), data.seq_len, settings.max_seq_len, ""),
+        (
+            ("data",),
+            data.n_sequences * data.seq_len,
+            settings.max_data_steps,
+            "n_sequences × seq_len",
+        ),
         (
             ("batch_size",),
-            min(spec.batch_size, spec.data.n_sequences)
-            * spec.data.seq_len
+            min(spec.batch_size, data.n_sequences)
+            * data.seq_len
             * spec.hidden_size
             * spec.population,
             settings.max_train_activations,
+            "min(batch_size, n_sequences) × seq_len × hidden_size × population",
         ),
     ]
     errors = [
         {
             "loc": ["body", *loc],
-            "msg": f"must be at most {limit} on this server"
-            + {
-                ("data",): " (n_sequences × seq_len)",
-                ("batch_size",): " (min(batch_size, n_sequences) × seq_len × hidden_size"
-                " × population)",
-            }.get(loc, ""),
-            "type": "limit_exceeded",
+            "msg": f"must be at most {limit} on this server" + (f" ({what})" if what else ""),
+            "type": "combined_limit_exceeded" if what else "limit_exceeded",
         }
-        for loc, value, limit in checks
+        for loc, value, limit, what in checks
         if value > limit
     ]
     if errors:
@@ -100,7 +103,9 @@ def resolve_config(spec: RunCreate) -> TrainConfig:
     except ValueError as e:
         field = str(e).split(" ", 1)[0]
         loc = ["body", "data", field] if field in DATA_FIELDS else ["body", field]
-        raise invalid([{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
+        # Each probability's bounds are in the schema; their sum is a rule it states in words.
+        kind = "marker_probs_sum" if "must sum to 1" in str(e) else "value_error"
+        raise invalid([{"loc": loc, "msg": str(e), "type": kind}]) from e
 
 
 def check_queue(session: Session, settings: Settings) -> None:
@@ -173,26 +178,24 @@ def to_read(run: Run) -> RunRead:
     )
 
 
+# A cursor is a keyset position: the created_at (µs since the epoch, 8 bytes) and id (16 bytes)
+# of the last run on a page, base64url without padding. Any string of this pattern is a
+# position, so it is never refused: an unknown one gives the runs older than it (maybe none).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
 def _encode_cursor(run: Run) -> str:
-    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
+    us = (run.created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = us.to_bytes(8, "big") + bytes.fromhex(run.id)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, run_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), run_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise invalid(
-            [
-                {
-                    "loc": ["query", "cursor"],
-                    "msg": "not a cursor this server issued",
-                    "type": "value_error",
-                }
-            ]
-        ) from e
+    raw = base64.urlsafe_b64decode(cursor)  # 32 characters (the pattern): exactly 24 bytes
+    us = min(int.from_bytes(raw[:8], "big"), _MAX_US)
+    return _EPOCH + timedelta(microseconds=us), raw[8:].hex()
 
 
 def list_runs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from models.data import DEFAULT_MARKER_PROBS
 from models.training import (
@@ -18,11 +18,27 @@ from models.training import (
 from service.tables import RunStatus
 
 _DEFAULTS = TrainConfig()
+# 2⁵³ - 1: the largest integer every JSON client (JavaScript's numbers) carries exactly.
+MAX_SEED = 2**53 - 1
 
 # Finite JSON numbers only: NaN/Infinity tokens, numeric strings and booleans are refused.
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-Count = Annotated[int, Strict()]  # no "5" or true for a count
-Step = Annotated[list[Finite], Field(min_length=2, max_length=2)]
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fractional part (5 and 5.0 alike); a
+    # string ("5") or a boolean is not one.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON integer, not a string or a boolean")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_json_integer)]  # 5 or 5.0; not 5.5, "5" or true
+Probability = Annotated[Finite, Field(ge=0, le=1)]
+# Networks compute in float32: a step's numbers must be float32 numbers (|x| ≤ 3.4028235e38).
+FLOAT32_MAX = 3.4028234663852886e38
+Float32 = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+Step = Annotated[list[Float32], Field(min_length=2, max_length=2)]
 ModelKind = Literal["elman", "lstm"]
 Device = Literal["auto", "cpu", "cuda"]
 LRSchedule = Literal["constant", "cosine"]
@@ -55,9 +71,10 @@ class Body(BaseModel):
 class DataSpec(Body):
     n_sequences: Count = Field(default=_DEFAULTS.n_sequences, ge=1, description="per split")
     seq_len: Count = Field(default=_DEFAULTS.seq_len, ge=1)
-    marker_probs: tuple[Finite, Finite, Finite] = Field(
+    marker_probs: tuple[Probability, Probability, Probability] = Field(
         default=DEFAULT_MARKER_PROBS,
-        description="probabilities of the markers -1, 0 and 1; non-negative, summing to 1",
+        description="probabilities of the markers -1, 0 and 1, summing to 1 (within 1e-6; "
+        "else 422 with error type `marker_probs_sum`)",
     )
 
 
@@ -67,8 +84,9 @@ class RunCreate(Body):
     epochs: Count = Field(default=_DEFAULTS.epochs, ge=1)
     learning_rate: Finite = Field(default=_DEFAULTS.learning_rate, gt=0)
     batch_size: Count = Field(default=_DEFAULTS.batch_size, ge=1)
-    seed: Count | None = Field(
-        default=None, ge=0, lt=2**63, description="omitted: the server picks and records one"
+    # The bounds before the validator, or pydantic cannot publish them (inside `| None`).
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_json_integer)] | None = Field(
+        default=None, description="omitted: the server picks and records one (below 2³¹)"
     )
     device: Device = "auto"
     population: Count = Field(

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=16, ge=1)
     events_poll_s: float = Field(default=0.25, gt=0)  # how often a /events stream looks
 
+    # Access: when any key is set, every request but the health checks and the docs needs
+    # `Authorization: Bearer <key>`. RNNLAB_API_KEYS is comma-separated; RNNLAB_API_KEY is one.
+    api_keys: str = Field(default="", repr=False)
+    api_key: str = Field(default="", repr=False)
+    # CORS: off unless origins are listed (comma-separated, e.g. https://lab.example.org).
+    cors_origins: str = ""
+
     log_level: str = "info"
     # Prometheus' multiprocess files of the API and its workers (default: <data dir>/metrics).
     metrics_dir: Path | None = None
@@ -64,6 +71,37 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_limits_admit_the_defaults(self) -> Settings:
+        # A run that leaves every field at its default must be accepted: the schema publishes
+        # these limits beside the defaults, and a default beyond its own maximum is a lie.
+        from models.training import TrainConfig
+
+        d = TrainConfig()
+        needs = {
+            "max_epochs": d.epochs,
+            "max_hidden_size": d.hidden_size,
+            "max_batch_size": d.batch_size,
+            "max_n_sequences": d.n_sequences,
+            "max_seq_len": d.seq_len,
+            "max_data_steps": d.n_sequences * d.seq_len,
+            "max_train_activations": min(d.batch_size, d.n_sequences)
+            * d.seq_len
+            * d.hidden_size
+            * d.population,
+        }
+        low = [
+            f"RNNLAB_{k.upper()}={getattr(self, k)} (needs {v})"
+            for k, v in needs.items()
+            if getattr(self, k) < v
+        ]
+        if low:
+            raise ValueError(
+                "limits below what a run with default fields needs, which every server must "
+                "accept: " + ", ".join(low)
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_heartbeats(self) -> Settings:
         # A live run must beat several times within the timeout, or it would look lost.
         if self.heartbeat_interval_s * 3 > self.heartbeat_timeout_s:
@@ -72,6 +110,16 @@ class Settings(BaseSettings):
                 f"(got {self.heartbeat_timeout_s} and {self.heartbeat_interval_s})"
             )
         return self
+
+    @property
+    def keys(self) -> list[str]:
+        """The accepted API keys; empty: the API is open."""
+        keys = [k.strip() for k in self.api_keys.split(",")] + [self.api_key.strip()]
+        return [k for k in dict.fromkeys(keys) if k]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def is_sqlite(self) -> bool:

@@ -17,7 +17,12 @@ router = APIRouter(tags=["compare"])
 @router.get("/compare", response_model=Comparison, responses=problems(404, 422))
 def read_comparison(
     session: SessionDep,
-    runs: Annotated[str, Query(description="comma-separated run ids", max_length=2000)],
+    runs: Annotated[
+        str,
+        Query(
+            description=plots.RUN_IDS_DESCRIPTION, max_length=2000, pattern=plots.RUN_IDS_PATTERN
+        ),
+    ],
 ) -> Comparison:
     """Several runs' test error against the zero predictor's, their verdicts, and the best."""
     return comparison.compare_runs(session=session, ids=plots.parse_run_ids(runs))

@@ -49,8 +49,12 @@ def read_predictions_plot(
     cache: CacheDep,
     run_id: str,
     fmt: Fmt,
-    index: Annotated[int, Query(ge=0, description="test sequence")] = 0,
-    start: Annotated[int, Query(ge=0, description="first time step drawn")] = 0,
+    index: Annotated[
+        int, Query(ge=0, description="test sequence (404 past the run's last one)")
+    ] = 0,
+    start: Annotated[
+        int, Query(ge=0, description="first time step drawn (404 past the sequence's end)")
+    ] = 0,
     steps: Annotated[int, Query(ge=1, le=plots.MAX_PREDICTION_STEPS)] = 300,
 ) -> Response:
     """A test sequence's target and predicted series over time, marker-1 steps marked."""
@@ -71,7 +75,8 @@ def read_scatter_plot(
     run_id: str,
     fmt: Fmt,
     index: Annotated[
-        int | None, Query(ge=0, description="one test sequence; omitted: all of them")
+        int | None,
+        Query(ge=0, description="one test sequence (404 past the last); omitted: all of them"),
     ] = None,
 ) -> Response:
     """Predicted against target over the test split, with the identity line."""
@@ -82,7 +87,12 @@ def read_scatter_plot(
 def read_compare_plot(
     db: DbDep,
     fmt: Fmt,
-    runs: Annotated[str, Query(description="comma-separated run ids", max_length=2000)],
+    runs: Annotated[
+        str,
+        Query(
+            description=plots.RUN_IDS_DESCRIPTION, max_length=2000, pattern=plots.RUN_IDS_PATTERN
+        ),
+    ],
 ) -> Response:
     """Several runs' validation losses overlaid, labelled by model kind and hidden size."""
     return _image(plots.compare_plot(db=db, ids=plots.parse_run_ids(runs), fmt=fmt), fmt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from fastapi import APIRouter, Response
@@ -10,6 +11,7 @@ from models import scalar_rnn
 from service import metrics
 from service.deps import CacheDep, DbDep, SettingsDep
 from service.inference import run_predict
+from service.problems import invalid
 from service.routes.common import problems
 from service.schemas import PredictRequest, PredictResponse, ScalarRNNRequest, ScalarRNNResponse
 
@@ -35,7 +37,30 @@ def predict(body: PredictRequest, db: DbDep, cache: CacheDep, settings: Settings
 
 
 @router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
-def create_scalar_rnn(body: ScalarRNNRequest) -> ScalarRNNResponse:
+def create_scalar_rnn(body: ScalarRNNRequest, settings: SettingsDep) -> ScalarRNNResponse:
     """The notebook's scalar RNN (one sigmoid hidden unit), step by step."""
+    if len(body.x) > settings.max_predict_steps:
+        raise invalid(
+            [
+                {
+                    "loc": ["body", "x"],
+                    "msg": f"at most {settings.max_predict_steps} steps on this server",
+                    "type": "limit_exceeded",
+                }
+            ]
+        )
     h, y = scalar_rnn(body.x, body.w_i, body.w_h, body.w_o, body.h_bias, body.y_bias)
+    for name, series in (("h", h), ("y", y)):
+        bad = [t for t, v in enumerate(series) if not math.isfinite(v)]
+        if bad:  # finite inputs whose products overflow a double: JSON cannot carry the answer
+            raise invalid(
+                [
+                    {
+                        "loc": ["body"],
+                        "msg": f"{name}[{bad[0]}] is not a finite number (the weights and "
+                        f"inputs overflow double precision at {len(bad)} steps)",
+                        "type": "non_finite_output",
+                    }
+                ]
+            )
     return ScalarRNNResponse(h=h, y=y)

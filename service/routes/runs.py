@@ -18,6 +18,23 @@ from service.tables import RunStatus
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
+# One Server-Sent Event of GET /runs/{id}/events, as OpenAPI 3.2's itemSchema describes it.
+EVENT_ITEM_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "epoch"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "status: the run as GET /runs/{id} shows it; epoch: "
+            '{"epoch", "train_loss", "valid_loss"}',
+        },
+        "id": {"type": "string", "description": "epoch events: the epoch"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
 
 @router.post(
     "",
@@ -52,7 +69,13 @@ def list_runs(
     status: RunStatus | None = None,
     model: ModelKind | None = None,
     limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=runs.CURSOR_PATTERN,
+            description="a next_cursor from an earlier page: the runs after that position",
+        ),
+    ] = None,
 ) -> RunList:
     """List runs, newest first, one page at a time."""
     items, next_cursor = runs.list_runs(
@@ -96,7 +119,7 @@ async def _existing_run_id(db: DbDep, run_id: str) -> str:
             '(`{"epoch", "train_loss", "valid_loss"}`, id: the epoch), keep-alive comments; '
             "ends after the run's final status. Reconnect with Last-Event-ID to get only the "
             "epochs after it.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": EVENT_ITEM_SCHEMA}},
         },
         **problems(404),
     },

@@ -6,8 +6,27 @@ const state = { selected: null, ticked: new Set(), source: null, curve: null, ru
 
 function el(id) { return document.getElementById(id); }
 
+// --- the API key, when the server asks for one ------------------------------------------
+// Requests from scripts send it as a bearer header. EventSource and <img> cannot, so it also
+// goes into a SameSite=Strict cookie, which the server accepts for GET requests only.
+
+const KEY_COOKIE = "rnnlab_key";
+function apiKey() { return sessionStorage.getItem(KEY_COOKIE) || ""; }
+function setApiKey(key) {
+  sessionStorage.setItem(KEY_COOKIE, key);
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=/; SameSite=Strict${secure}`;
+}
+function askForKey(message) {
+  el("key-form").hidden = false;
+  el("key-message").textContent = message;
+}
+
+class Unauthorised extends Error {}
+
 async function api(path, options = {}) {
   const init = { headers: { "Accept": "application/json" }, ...options };
+  if (apiKey()) init.headers["Authorization"] = "Bearer " + apiKey();
   if (options.json !== undefined) {
     init.method = init.method || "POST";
     init.headers["Content-Type"] = "application/json";
@@ -17,6 +36,10 @@ async function api(path, options = {}) {
   const text = await resp.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (e) { body = { detail: text }; }
+  if (resp.status === 401) {
+    askForKey(apiKey() ? "that key was refused" : "");
+    throw new Unauthorised(`401 ${(body && body.detail) || "API key needed"}`);
+  }
   if (!resp.ok) {
     const where = body && body.errors ? body.errors.map(e => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ") : "";
     throw new Error(`${resp.status} ${(body && body.detail) || resp.statusText}${where ? " (" + where + ")" : ""}`);
@@ -70,8 +93,9 @@ async function refreshRuns() {
     const page = await api("/runs?limit=50");
     state.runs = page.items;
     renderRuns(page.items);
+    el("key-form").hidden = true;
   } catch (e) {
-    el("form-message").textContent = "cannot list runs: " + e.message;
+    if (!(e instanceof Unauthorised)) el("form-message").textContent = "cannot list runs: " + e.message;
   }
 }
 
@@ -231,5 +255,15 @@ el("compare-button").addEventListener("click", async () => {
   }
 });
 
+el("key-form").addEventListener("submit", ev => {
+  ev.preventDefault();
+  setApiKey(el("key-input").value.trim());
+  el("key-input").value = "";
+  el("key-message").textContent = "";
+  refreshRuns();
+  if (state.selected) select(state.selected);
+});
+
+if (apiKey()) setApiKey(apiKey());  // a reload: the cookie follows the tab's key
 refreshRuns();
 setInterval(refreshRuns, 1000);

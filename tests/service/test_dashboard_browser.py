@@ -7,6 +7,7 @@ test's temporary directory (and to $RNNLAB_SCREENSHOT_DIR when set, to look at t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -28,13 +29,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def serve(tmp_path: Path, **env_vars: str) -> Iterator[str]:
+    """`rnnlab serve` with one local worker on a fresh data dir; yields its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
     env.update(
         RNNLAB_DATA_DIR=str(tmp_path / "data"), RNNLAB_WORKERS="1", RNNLAB_LOG_LEVEL="warning"
     )
+    env.update(env_vars)
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
         env=env,
@@ -56,6 +59,12 @@ def server(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    with serve(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -202,3 +211,77 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     # The one expected error: the refused POST /runs (422) the page just showed.
     assert all("422" in e["message"] for e in errors), errors
+
+
+KEY = "browser-test-key"
+
+
+def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path, browser) -> None:
+    """Swagger UI's Authorize sends the key; the dashboard asks for it and then works fully."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with serve(tmp_path, RNNLAB_API_KEYS=f"other-key,{KEY}") as url:
+        # Swagger UI: try GET /runs without the key (401), then Authorize and try again (200).
+        browser.get(url + "/docs")
+        op = WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.ID, "operations-runs-list_runs")
+        )
+        op.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        WebDriverWait(browser, 10).until(
+            lambda d: op.find_element(By.CSS_SELECTOR, "button.try-out__btn")
+        ).click()
+        op.find_element(By.CSS_SELECTOR, "button.execute").click()
+
+        def status(d):
+            cells = op.find_elements(
+                By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status"
+            )
+            return cells and cells[0].text.strip()
+
+        assert WebDriverWait(browser, 20).until(status) == "401"
+        browser.find_element(By.CSS_SELECTOR, ".auth-wrapper button.authorize").click()
+        modal = WebDriverWait(browser, 10).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, ".modal-ux")
+        )
+        modal.find_element(By.CSS_SELECTOR, "input").send_keys(KEY)
+        modal.find_element(By.CSS_SELECTOR, "button.authorize").click()
+        modal.find_element(By.CSS_SELECTOR, "button.btn-done").click()
+        op.find_element(By.CSS_SELECTOR, "button.execute").click()
+        WebDriverWait(browser, 20).until(lambda d: status(d) == "200")
+        curl = op.find_element(By.CSS_SELECTOR, ".curl-command").text
+        assert f"Authorization: Bearer {KEY}" in curl
+        shot(browser, tmp_path, "docs-authorized")
+
+        # The dashboard: the page shell loads, asks for the key, then runs, streams and plots.
+        browser.get(url + "/")
+        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
+        box = browser.find_element(By.ID, "key-input")
+        box.send_keys("wrong-key")
+        browser.find_element(By.ID, "key-submit").click()
+        WebDriverWait(browser, 20).until(
+            lambda d: "refused" in d.find_element(By.ID, "key-message").text
+        )
+        box.send_keys(KEY)
+        browser.find_element(By.ID, "key-submit").click()
+        WebDriverWait(browser, 20).until(
+            lambda d: not d.find_element(By.ID, "key-form").is_displayed()
+        )
+        small = {"f-epochs": "15", "f-nseq": "3", "f-seqlen": "60", "f-seed": "4"}
+        run_id = start_run(browser, model="lstm", **small, **{"f-population": "1"})
+        wait_row_status(browser, run_id, "succeeded")
+        # The curve comes from an EventSource and the plots from <img>: both ride on the cookie.
+        WebDriverWait(browser, 20).until(
+            lambda d: (
+                d.execute_script(
+                    "const p = document.querySelector('#loss-chart polyline.series-valid');"
+                    "return p && p.getAttribute('points').trim().split(' ').length;"
+                )
+                == 15
+            )
+        )
+        WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-predictions"))
+        shot(browser, tmp_path, "dashboard-with-key")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        # The expected refusals: the page's first /runs without a key and the wrong key.
+        assert all("401" in e["message"] for e in errors), errors

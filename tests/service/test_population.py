@@ -128,15 +128,16 @@ def test_population_out_of_range_is_422(client: TestClient, population: int) -> 
 
 
 def test_activation_limit_counts_the_members(tmp_path) -> None:
-    # min(batch 3, 3 sequences) × 40 steps × hidden 2 = 240 per member.
-    settings = make_settings(tmp_path, max_train_activations=500)
+    # min(batch 3, 3 sequences) × 3000 steps × hidden 2 = 18 000 per member.
+    settings = make_settings(tmp_path, max_train_activations=80_000)
+    data = {"n_sequences": 3, "seq_len": 3000}
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        assert client.post("/runs", json=run_body(population=2)).status_code == 202
-        r = client.post("/runs", json=run_body(population=3))
+        assert client.post("/runs", json=run_body(population=4, data=data)).status_code == 202
+        r = client.post("/runs", json=run_body(population=5, data=data))
         assert r.status_code == 422
         (err,) = r.json()["errors"]
         assert err["loc"] == ["body", "batch_size"]
-        assert "population" in err["msg"] and "500" in err["msg"]
+        assert "population" in err["msg"] and "80000" in err["msg"]
 
 
 def test_members_of_an_unknown_run_is_404(client: TestClient) -> None:
