@@ -21,8 +21,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import security
+from service.schemas import PredictRequest
 from service.settings import Settings
 
+RAW_BODY_MODELS = (PredictRequest,)
 _PROBLEM_CONTENT = {
     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
 }
@@ -41,6 +43,11 @@ def install(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         schema = copy.deepcopy(original())
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in RAW_BODY_MODELS:  # bodies routes parse themselves (declared by $ref)
+            comps.setdefault(
+                model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
         _problem_bodies(schema)
         publish_limits(schema, settings)
         if settings.keys:

@@ -4,24 +4,51 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from models import scalar_rnn
 from service import metrics
 from service.deps import CacheDep, DbDep, SettingsDep
 from service.inference import run_predict
-from service.problems import invalid
+from service.problems import invalid, parse_body
 from service.routes.common import problems
 from service.schemas import PredictRequest, PredictResponse, ScalarRNNRequest, ScalarRNNResponse
 
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictResponse, responses=problems(404, 409, 413, 422))
-def predict(body: PredictRequest, db: DbDep, cache: CacheDep, settings: SettingsDep) -> Response:
+async def _raw_body(request: Request) -> tuple[bytes, str | None]:
+    return await request.body(), request.headers.get("content-type")
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=problems(404, 409, 413, 422),
+    # The body is parsed by pydantic-core straight from the bytes (see parse_body), so the
+    # schema is declared here rather than through a parameter.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+    },
+)
+def predict(
+    raw: Annotated[tuple[bytes, str | None], Depends(_raw_body)],
+    db: DbDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+) -> Response:
     """Run a succeeded run's network over sequences; one output per time step."""
     start = time.perf_counter()
+    # Thousands of [value, marker] pairs: pydantic-core validates them from the JSON bytes in
+    # one pass, about twice as fast as json.loads followed by validation of the Python lists.
+    body = parse_body(PredictRequest, *raw)
     outputs = run_predict(
         db=db,
         cache=cache,
