@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import db as database
 from service import lifecycle, metrics, openapi, problems, security
 from service.inference import ModelCache
-from service.routes import compare, health, plots, predict, runs
+from service.routes import compare, health, plots, predict, runs, sweeps
 from service.settings import Settings, get_settings
 from service.workers import WorkerPool, local_worker_is_dead, warm_up_models
 
@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     )
     problems.install(app)
     app.include_router(runs.router)
+    app.include_router(sweeps.router)
     app.include_router(predict.router)
     app.include_router(plots.router)
     app.include_router(compare.router)

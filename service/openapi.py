@@ -116,6 +116,21 @@ def publish_limits(schema: dict[str, Any], settings: Settings) -> None:
         f"{settings.max_predict_steps} steps in all sequences together (else 422, error type "
         "`combined_limit_exceeded`)"
     )
+    # A sweep's base and grid take the same fields, so the same bounds.
+    bounds = {
+        "epochs": settings.max_epochs,
+        "hidden_size": settings.max_hidden_size,
+        "batch_size": settings.max_batch_size,
+        "n_sequences": settings.max_n_sequences,
+        "seq_len": settings.max_seq_len,
+    }
+    for name, limit in bounds.items():
+        holder = comps["SweepData"] if name in ("n_sequences", "seq_len") else comps["SweepBase"]
+        _bound(holder["properties"][name], "maximum", limit)
+        key = f"data.{name}" if holder is comps["SweepData"] else name
+        _bound(comps["SweepGrid"]["properties"][key]["items"], "maximum", limit)
+    for prop in comps["SweepGrid"]["properties"].values():
+        prop["maxItems"] = settings.max_sweep_runs
     scalar = comps["ScalarRNNRequest"]["properties"]["x"]
     scalar["maxItems"] = settings.max_predict_steps
     for _path, _method, op in _operations(schema):

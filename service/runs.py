@@ -108,11 +108,16 @@ def resolve_config(spec: RunCreate) -> TrainConfig:
         raise invalid([{"loc": loc, "msg": str(e), "type": kind}]) from e
 
 
-def check_queue(session: Session, settings: Settings) -> None:
-    """429 with Retry-After when RNNLAB_MAX_QUEUED runs are already waiting."""
-    queued = session.scalar(
-        select(func.count()).select_from(Run).where(Run.status == RunStatus.queued)
+def queued_count(session: Session) -> int:
+    return (
+        session.scalar(select(func.count()).select_from(Run).where(Run.status == RunStatus.queued))
+        or 0
     )
+
+
+def _check_queue(session: Session, settings: Settings) -> None:
+    """429 with Retry-After when RNNLAB_MAX_QUEUED runs are already waiting."""
+    queued = queued_count(session)
     if queued is not None and queued >= settings.max_queued:
         raise ProblemError(
             429,
@@ -122,11 +127,19 @@ def check_queue(session: Session, settings: Settings) -> None:
         )
 
 
-def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
+def create_run(
+    *,
+    session: Session,
+    spec: RunCreate,
+    settings: Settings,
+    sweep_id: str | None = None,
+    check_queue: bool = True,
+) -> Run:
     """Validate a run against the limits and the queue bound, store it as queued."""
     check_limits(spec, settings)
     cfg = resolve_config(spec)
-    check_queue(session, settings)  # in the write transaction: the count cannot race
+    if check_queue:  # in the write transaction: the count cannot race
+        _check_queue(session, settings)
     run = Run(
         id=uuid.uuid4().hex,
         status=RunStatus.queued,
@@ -138,6 +151,7 @@ def create_run(*, session: Session, spec: RunCreate, settings: Settings) -> Run:
         requeues=0,
         cancel_requested=False,
         members=initial_members(cfg),
+        sweep_id=sweep_id,
     )
     session.add(run)
     session.flush()
@@ -164,6 +178,7 @@ def to_read(run: Run) -> RunRead:
         attempt=run.attempt,
         device=run.device,
         error=run.error,
+        sweep_id=run.sweep_id,
         metrics=RunMetrics(
             train_loss=run.train_loss,
             valid_loss=run.valid_loss,
@@ -186,13 +201,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
-def _encode_cursor(run: Run) -> str:
-    us = (run.created_at - _EPOCH) // timedelta(microseconds=1)
-    raw = us.to_bytes(8, "big") + bytes.fromhex(run.id)
+def encode_cursor(created_at: datetime, ident: str) -> str:
+    """The cursor of a row (a run or a sweep): its keyset position."""
+    us = (created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = us.to_bytes(8, "big") + bytes.fromhex(ident)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
     raw = base64.urlsafe_b64decode(cursor)  # 32 characters (the pattern): exactly 24 bytes
     us = min(int.from_bytes(raw[:8], "big"), _MAX_US)
     return _EPOCH + timedelta(microseconds=us), raw[8:].hex()
@@ -203,24 +219,28 @@ def list_runs(
     session: Session,
     status: RunStatus | None = None,
     model: str | None = None,
+    sweep: str | None = None,
     limit: int = 20,
     cursor: str | None = None,
 ) -> tuple[list[Run], str | None]:
     """Runs newest first, filtered, one page at a time (keyset pagination)."""
     query = select(Run)
+    if sweep is not None:
+        query = query.where(Run.sweep_id == sweep)
     if status is not None:
         query = query.where(Run.status == status)
     if model is not None:
         query = query.where(Run.model == model)
     if cursor:
-        created, run_id = _decode_cursor(cursor)
+        created, run_id = decode_cursor(cursor)
         query = query.where(
             or_(Run.created_at < created, and_(Run.created_at == created, Run.id < run_id))
         )
     rows = list(
         session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1))
     )
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    last = rows[limit - 1] if len(rows) > limit else None
+    next_cursor = encode_cursor(last.created_at, last.id) if last else None
     return rows[:limit], next_cursor
 
 

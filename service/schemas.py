@@ -173,6 +173,7 @@ RUN_EXAMPLE: dict[str, Any] = {
         "marker_error_ratio": 0.0018520093276271944,
         "verdict": "learned",
     },
+    "sweep_id": None,
 }
 
 
@@ -189,6 +190,7 @@ class RunRead(BaseModel):
     device: str | None
     error: str | None
     metrics: RunMetrics
+    sweep_id: str | None = Field(default=None, description="the sweep that created it, if any")
 
     model_config = ConfigDict(json_schema_extra={"examples": [RUN_EXAMPLE]})
 
@@ -313,3 +315,155 @@ class Comparison(BaseModel):
         description="the succeeded run with the lowest error_ratio; null when none succeeded"
     )
     summary: str = Field(description="the answer in one sentence")
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+# Each run field's values as the sweep schemas take them: the same bounds as RunCreate's
+# (a test holds them equal), the bounds before the validator so the schema publishes them.
+Positive = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+SeedValue = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_json_integer)]
+PopulationValue = Annotated[int, Field(ge=1, le=MAX_POPULATION), BeforeValidator(_json_integer)]
+LearningRate = Annotated[Finite, Field(gt=0)]
+ClipNorm = Annotated[Finite, Field(ge=0)]
+StrictBool = Annotated[bool, Strict()]
+MarkerProbs = tuple[Probability, Probability, Probability]
+
+
+def _optional_fields(schema: dict[str, Any]) -> None:
+    """Omitted fields are absent, not null: publish no `default: null` for them."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
+def _values(item: Any) -> Any:
+    return Annotated[list[item], Field(min_length=1)]  # type: ignore[valid-type]
+
+
+class SweepData(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_optional_fields)
+
+    n_sequences: Positive = None  # type: ignore[assignment]
+    seq_len: Positive = None  # type: ignore[assignment]
+    marker_probs: MarkerProbs = None  # type: ignore[assignment]
+
+
+class SweepBase(Body):
+    """Fields of POST /runs that every run of the sweep shares; all optional here."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_optional_fields)
+
+    model: ModelKind = None  # type: ignore[assignment]
+    hidden_size: Positive = None  # type: ignore[assignment]
+    epochs: Positive = None  # type: ignore[assignment]
+    learning_rate: LearningRate = None  # type: ignore[assignment]
+    batch_size: Positive = None  # type: ignore[assignment]
+    seed: SeedValue = None  # type: ignore[assignment]
+    device: Device = None  # type: ignore[assignment]
+    population: PopulationValue = None  # type: ignore[assignment]
+    clip_grad_norm: ClipNorm = None  # type: ignore[assignment]
+    lr_schedule: LRSchedule = None  # type: ignore[assignment]
+    restore_best: StrictBool = None  # type: ignore[assignment]
+    data: SweepData = None  # type: ignore[assignment]
+
+
+class SweepGrid(Body):
+    """Run field → the values to try. Nested data fields are `data.<name>`."""
+
+    model: _values(ModelKind) = None
+    hidden_size: _values(Positive) = None
+    epochs: _values(Positive) = None
+    learning_rate: _values(LearningRate) = None
+    batch_size: _values(Positive) = None
+    seed: _values(SeedValue) = None
+    device: _values(Device) = None
+    population: _values(PopulationValue) = None
+    clip_grad_norm: _values(ClipNorm) = None
+    lr_schedule: _values(LRSchedule) = None
+    restore_best: _values(StrictBool) = None
+    data_n_sequences: _values(Positive) = Field(default=None, alias="data.n_sequences")
+    data_seq_len: _values(Positive) = Field(default=None, alias="data.seq_len")
+    data_marker_probs: _values(MarkerProbs) = Field(default=None, alias="data.marker_probs")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: (_optional_fields(schema), schema.update(minProperties=1)),
+    )
+
+
+SWEEP_KEYS = tuple(f.alias or name for name, f in SweepGrid.model_fields.items())
+SWEEP_RULES = (
+    "Rules the schema states in words (422, with these error types): `model` must be given, "
+    "in base or in the grid (`sweep_model_missing`); a field is given once, in base or in the "
+    "grid (`sweep_field_twice`); the number of combinations and each combination's run are "
+    "within this server's limits (`combined_limit_exceeded`; also `marker_probs_sum`)."
+)
+
+
+class SweepCreate(Body):
+    base: SweepBase = Field(
+        default_factory=SweepBase,
+        description="fields of POST /runs shared by every run",
+    )
+    grid: SweepGrid = Field(
+        description="run field → the values to try; one run per combination (the cartesian "
+        "product, varying the last field of this schema's order fastest). " + SWEEP_RULES
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "base": {"epochs": 300},
+                    "grid": {"model": ["elman", "lstm"], "seed": [1, 2, 3]},
+                }
+            ]
+        },
+    )
+
+
+class SweepRun(BaseModel):
+    id: str
+    status: RunStatus
+    values: dict[str, Any] = Field(description="this run's grid values")
+    error_ratio: float | None
+    verdict: Verdict | None
+
+
+class SweepRow(BaseModel):
+    """One configuration: a combination of the grid's values other than the seed."""
+
+    values: dict[str, Any]
+    runs: int = Field(description="runs of this configuration (one per seed)")
+    succeeded: int
+    median_error_ratio: float | None = Field(
+        description="median over its succeeded runs of test MSE / the zero predictor's MSE"
+    )
+    min_error_ratio: float | None
+    max_error_ratio: float | None
+    median_test_mse: float | None
+    learned: int = Field(description="succeeded runs whose verdict is 'learned'")
+
+
+class SweepRead(BaseModel):
+    id: str
+    created_at: datetime
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    n_runs: int
+    status: Literal["queued", "running", "ended"] = Field(
+        description="queued: no run started; running: some run not ended; ended: all ended"
+    )
+    counts: dict[str, int] = Field(description="runs per status")
+    runs: list[SweepRun]
+    table: list[SweepRow] = Field(description="per configuration, best first")
+    best: dict[str, Any] | None = Field(
+        description="the configuration with the lowest median error ratio so far"
+    )
+
+
+class SweepList(BaseModel):
+    items: list[SweepRead]
+    next_cursor: str | None

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # POST /runs answers 429 (Retry-After) while this many runs are already queued.
     max_queued: int = Field(default=500, ge=1)
+    max_sweep_runs: int = Field(default=256, ge=1)  # runs (grid combinations) of one sweep
     queue_retry_after_s: int = Field(default=30, ge=1)
     model_cache_size: int = Field(default=16, ge=1)
     events_poll_s: float = Field(default=0.25, gt=0)  # how often a /events stream looks

@@ -107,11 +107,29 @@ class Run(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     # The population's members (models.Member as dicts), rewritten with every epoch.
     members: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id")
+    )
 
     __table_args__ = (
         Index("ix_runs_status_created_at", "status", "created_at"),
         Index("ix_runs_created_at_id", "created_at", "id"),
+        Index("ix_runs_sweep_id", "sweep_id"),
     )
+
+
+class Sweep(Base):
+    """A grid of run configs created in one request; its runs are ordinary runs."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the POST's base, as given
+    grid: Mapped[dict[str, list[Any]]] = mapped_column(JSON)  # key → values, in order
+    n_runs: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_sweeps_created_at_id", "created_at", "id"),)
 
 
 class EpochLoss(Base):

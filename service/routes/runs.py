@@ -68,6 +68,7 @@ def list_runs(
     session: SessionDep,
     status: RunStatus | None = None,
     model: ModelKind | None = None,
+    sweep: Annotated[str | None, Query(description="only the runs of this sweep")] = None,
     limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
     cursor: Annotated[
         str | None,
@@ -79,7 +80,7 @@ def list_runs(
 ) -> RunList:
     """List runs, newest first, one page at a time."""
     items, next_cursor = runs.list_runs(
-        session=session, status=status, model=model, limit=limit, cursor=cursor
+        session=session, status=status, model=model, sweep=sweep, limit=limit, cursor=cursor
     )
     return RunList(items=[runs.to_read(r) for r in items], next_cursor=next_cursor)
 

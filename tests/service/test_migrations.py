@@ -14,7 +14,7 @@ from service import db as database
 from service.tables import Base
 from tests.service.conftest import make_settings
 
-TABLES = {"runs", "epoch_losses", "checkpoints"}
+TABLES = {"runs", "epoch_losses", "checkpoints", "sweeps"}
 
 
 def user_tables(engine) -> set[str]:

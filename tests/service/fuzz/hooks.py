@@ -7,6 +7,8 @@ express, recognised by their error type and nothing else:
 - `combined_limit_exceeded`: a bound across fields (n_sequences × seq_len, a run's activation
   memory, the steps of all sequences of a /predict request), described in the schema's text;
 - `marker_probs_sum`: the three marker probabilities must sum to 1;
+- `sweep_model_missing`, `sweep_field_twice`: a sweep names the model in its base or its
+  grid, and each field in one of them only;
 - `non_finite_output`: a network whose output is not a finite number for that input.
 """
 
@@ -17,7 +19,13 @@ import json
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-DOCUMENTED_422 = {"combined_limit_exceeded", "marker_probs_sum", "non_finite_output"}
+DOCUMENTED_422 = {
+    "combined_limit_exceeded",
+    "marker_probs_sum",
+    "non_finite_output",
+    "sweep_model_missing",
+    "sweep_field_twice",
+}
 
 
 def _documented_422(response) -> bool:

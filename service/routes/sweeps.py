@@ -1,0 +1,72 @@
+"""/sweeps: a grid of runs created together, summed up per configuration as they finish."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service import runs, sweeps
+from service.deps import DbDep, SessionDep, SettingsDep
+from service.routes.common import problems
+from service.schemas import SweepCreate, SweepList, SweepRead
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=SweepRead,
+    responses={
+        202: {
+            "description": "Accepted: every run queued",
+            "headers": {"Location": {"description": "/sweeps/{id}", "schema": {"type": "string"}}},
+        },
+        **problems(413, 422),
+        429: {
+            **problems(429)[429],
+            "headers": {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+            },
+        },
+    },
+)
+def create_sweep(
+    spec: SweepCreate, db: DbDep, settings: SettingsDep, response: Response
+) -> SweepRead:
+    """Queue one run per combination of the grid's values (all or none), as one sweep."""
+    with db.writing() as session:
+        sweep = sweeps.create_sweep(session=session, spec=spec, settings=settings)
+        read = sweeps.to_read(session, sweep)
+    response.headers["Location"] = f"/sweeps/{read.id}"
+    return read
+
+
+@router.get("", response_model=SweepList, responses=problems(422))
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=runs.CURSOR_PATTERN, description="a next_cursor from an earlier page"),
+    ] = None,
+) -> SweepList:
+    """Sweeps, newest first, one page at a time."""
+    return sweeps.list_sweeps(session=session, limit=limit, cursor=cursor)
+
+
+@router.get("/{sweep_id}", response_model=SweepRead, responses=problems(404))
+def read_sweep(session: SessionDep, sweep_id: str) -> SweepRead:
+    """A sweep's runs and, per configuration, the error over seeds; the best so far."""
+    return sweeps.to_read(session, sweeps.get_sweep_or_404(session=session, sweep_id=sweep_id))
+
+
+@router.post(
+    "/{sweep_id}/cancel", status_code=202, response_model=SweepRead, responses=problems(404, 409)
+)
+def cancel_sweep(db: DbDep, sweep_id: str) -> SweepRead:
+    """Cancel every run of the sweep that has not ended."""
+    with db.writing() as session:
+        sweep = sweeps.cancel_sweep(session=session, sweep_id=sweep_id)
+        return sweeps.to_read(session, sweep)
