@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from service.db import WRITE_OPTION, make_engine
 from service.settings import Settings
@@ -14,6 +14,10 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Servers and workers starting together: one upgrades, the others wait and then find
+        # the schema at head (PostgreSQL's DDL is transactional; the lock ends with it).
+        connection.execute(text("SELECT pg_advisory_xact_lock(7460117)"))
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db as database
-from service import lifecycle, metrics, openapi, problems, security
+from service import dispatch, lifecycle, metrics, openapi, problems, security
 from service.inference import ModelCache
 from service.routes import compare, health, plots, predict, runs, sweeps
 from service.settings import Settings, get_settings
@@ -101,17 +101,28 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
         app.state.settings = settings
         app.state.model_cache = ModelCache(settings.model_cache_size)
         app.state.pool = None
+        app.state.sweeper = None
         # Compile the prediction kernels off the request path; a first /predict waits for it.
         threading.Thread(target=warm_up_models, name="warm-up", daemon=True).start()
-        if start_workers and settings.workers > 0:
+        if settings.queue == "celery":
+            # Runs go to Celery workers; this process re-queues lost runs and sends ids.
+            app.state.sweeper = dispatch.Sweeper(settings, db).start()
+        elif start_workers and settings.workers > 0:
             app.state.pool = WorkerPool(settings, db).start()
-        log.info("rnnlab ready: %s, %d local workers", settings.database_url, settings.workers)
+        where = (
+            "the Celery queue"
+            if settings.queue == "celery"
+            else f"{settings.workers} local workers"
+        )
+        log.info("rnnlab ready: %s, %s", settings.database_url, where)
         try:
             yield
         finally:
             if app.state.pool is not None:
                 log.info("stopping workers: running runs go back to the queue")
                 app.state.pool.stop()
+            if app.state.sweeper is not None:
+                app.state.sweeper.stop()
             db.dispose()
 
     app = FastAPI(

@@ -42,6 +42,15 @@ def worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     _logging(settings)
     metrics.init(settings, owner=False)
+    if settings.queue == "celery":
+        from service import dispatch
+
+        db = database.Database(settings)
+        try:
+            database.upgrade(db.engine)
+        finally:
+            db.dispose()
+        return dispatch.run_worker(settings)
     configure_threads(settings)
     w = Worker(settings)
     database.upgrade(w.db.engine)

@@ -56,6 +56,9 @@ def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim |
                 .where(Run.status == RunStatus.queued)
                 .order_by(Run.created_at, Run.id)
                 .limit(1)
+                # PostgreSQL: concurrent claimers skip each other's candidate instead of
+                # queueing behind its row lock (SQLite has one writer anyway: no clause).
+                .with_for_update(skip_locked=True)
             )
             if run_id is None:
                 return None
@@ -198,7 +201,10 @@ def finish_failed(db: Database, c: Claim, error: str) -> None:
 def requeue(db: Database, c: Claim) -> None:
     """Hand a run back to the queue (a shutdown, not a failure: `requeues` is unchanged)."""
     with db.writing() as session:
-        _update_owned(session, c, status=RunStatus.queued, worker_id=None, heartbeat_at=None)
+        _update_owned(
+            session, c, status=RunStatus.queued, worker_id=None, heartbeat_at=None,
+            dispatched_at=None,
+        )  # fmt: skip
 
 
 def _lose(session: Session, rows: list[Any], *, reason: str, max_requeues: int) -> dict[str, str]:
@@ -217,7 +223,8 @@ def _lose(session: Session, rows: list[Any], *, reason: str, max_requeues: int) 
                 f"(limit {max_requeues})",
             }
         else:
-            values = {"status": RunStatus.queued, "requeues": requeues + 1}
+            # dispatched_at None: on the Celery queue the sweeper sends its id again.
+            values = {"status": RunStatus.queued, "requeues": requeues + 1, "dispatched_at": None}
         values.update(worker_id=None, heartbeat_at=None)
         if session.execute(update(Run).where(where).values(**values)).rowcount:
             outcome[run_id] = values["status"].value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str = ""  # default: sqlite file <data_dir>/rnnlab.db
     workers: int = Field(default_factory=_default_workers, ge=0)  # 0: API only, no local workers
+    # Where runs go: "local" (worker processes of `rnnlab serve` / `rnnlab worker` polling the
+    # database) or "celery" (ids sent through RNNLAB_BROKER_URL to `rnnlab worker`s anywhere).
+    queue: Literal["local", "celery"] = "local"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Redis redelivers an unacknowledged task after this long: longer than any run may take.
+    celery_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
     # Torch/numba threads per worker; 0 spreads the cores evenly over the workers.
     threads_per_worker: int = Field(default=0, ge=0)
 

@@ -110,7 +110,11 @@ class Worker:
 
     def run_once(self) -> str | None:
         """Claim the oldest queued run and execute it; None when the queue was empty."""
-        claim = lifecycle.claim(self.db, worker_id=self.worker_id)
+        return self.run_one(None)
+
+    def run_one(self, run_id: str | None) -> str | None:
+        """Claim `run_id` (or the oldest queued run) and execute it; None if not queued."""
+        claim = lifecycle.claim(self.db, worker_id=self.worker_id, run_id=run_id)
         if claim is None:
             return None
         log.info("worker %s: run %s attempt %d", self.worker_id, claim.run_id, claim.attempt)

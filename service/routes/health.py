@@ -37,7 +37,12 @@ def read_ready(request: Request) -> JSONResponse:
         checks["database"] = f"unreachable: {type(e).__name__}"
         ok = False
     pool = state.pool
-    if pool is None:
+    if state.settings.queue == "celery":
+        checks["workers"] = {
+            "queue": "celery",
+            "note": "runs go to `rnnlab worker`s via the broker",
+        }
+    elif pool is None:
         checks["workers"] = {"local": 0, "note": "RNNLAB_WORKERS=0: runs need `rnnlab worker`"}
     else:
         alive = pool.alive()

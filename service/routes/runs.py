@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service import events, plots, runs
+from service import dispatch, events, plots, runs
 from service.deps import CacheDep, DbDep, SessionDep, SettingsDep
 from service.problems import not_found
 from service.routes.common import problems
@@ -59,6 +59,8 @@ def create_run(spec: RunCreate, db: DbDep, settings: SettingsDep, response: Resp
     with db.writing() as session:
         run = runs.create_run(session=session, spec=spec, settings=settings)
         read = runs.to_read(run)
+    if settings.queue == "celery":  # after the commit: a worker can read what it receives
+        dispatch.try_send_pending(db, settings)
     response.headers["Location"] = f"/runs/{read.id}"
     return read
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service import runs, sweeps
+from service import dispatch, runs, sweeps
 from service.deps import DbDep, SessionDep, SettingsDep
 from service.routes.common import problems
 from service.schemas import SweepCreate, SweepList, SweepRead
@@ -39,6 +39,8 @@ def create_sweep(
     with db.writing() as session:
         sweep = sweeps.create_sweep(session=session, spec=spec, settings=settings)
         read = sweeps.to_read(session, sweep)
+    if settings.queue == "celery":  # after the commit, as for POST /runs
+        dispatch.try_send_pending(db, settings)
     response.headers["Location"] = f"/sweeps/{read.id}"
     return read
 
