@@ -205,3 +205,29 @@ def _worker_running(c: Cluster, run_id: str, pids: set[int]) -> int:
     pid = int(worker_id.split("/")[1])
     assert pid in pids, (worker_id, pids)
     return pid
+
+
+def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    """The broker is down when the run is stored: 202 all the same, and the sweeper sends it."""
+    import redis
+    from fastapi.testclient import TestClient
+
+    from service import dispatch
+    from service.app import create_app
+    from service.tables import Run
+    from tests.service.conftest import make_settings, run_body
+
+    dead = make_settings(tmp_path, queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(dead)) as client:
+        r = client.post("/runs", json=run_body())
+        assert r.status_code == 202, r.text
+        db = client.app.state.db
+        with db.reading() as session:
+            assert session.get(Run, r.json()["id"]).dispatched_at is None
+        live = make_settings(tmp_path, queue="celery", broker_url=redis_url)
+        assert dispatch.send_pending(db, live) == 1
+        with db.reading() as session:
+            assert session.get(Run, r.json()["id"]).dispatched_at is not None
+        assert dispatch.send_pending(db, live) == 0  # sent once
+        queued = redis.Redis.from_url(redis_url).lrange(dispatch.QUEUE, 0, -1)
+        assert any(r.json()["id"].encode() in message for message in queued)
