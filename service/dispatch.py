@@ -136,10 +136,11 @@ _worker: Any = None
 def _the_worker() -> Any:
     global _worker
     if _worker is None:
-        from service.workers import Worker, configure_threads
+        from service.workers import Worker, configure_threads, warm_up_models
 
         settings = get_settings()
         configure_threads(settings)
+        warm_up_models()
         _worker = Worker(settings)
     return _worker
 
@@ -156,6 +157,7 @@ def run_worker(settings: Settings) -> int:
     from celery.signals import worker_shutting_down
 
     app = celery_app(settings)
+    _the_worker()  # load the kernels before taking a task, not inside the first run
 
     @worker_shutting_down.connect
     def _stop(**_kwargs: Any) -> None:  # warm shutdown: stop at an epoch, re-queue the run

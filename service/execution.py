@@ -62,7 +62,7 @@ class _EpochWriter(threading.Thread):
     """
 
     def __init__(
-        self, db: Database, claim: Claim, *, coalesce_s: float = 0.05, max_lag_s: float = 0.5
+        self, db: Database, claim: Claim, *, coalesce_s: float = 0.25, max_lag_s: float = 0.5
     ) -> None:
         super().__init__(name=f"epochs-{claim.run_id}", daemon=True)
         self.db, self.claim = db, claim

@@ -74,7 +74,8 @@ def warm_up_models() -> None:
     """Compile (or load from numba's disk cache) every kernel now, not on the first run."""
     import torch
 
-    from models import MODEL_KINDS, build_model
+    from models import MODEL_KINDS, TrainConfig, build_model, make_splits, train
+    from models.population import build_population
 
     for kind in MODEL_KINDS:
         model = build_model(kind)
@@ -82,6 +83,10 @@ def warm_up_models() -> None:
         model(x).sum().backward()  # the training kernels, forward and backward
         with torch.inference_mode():
             model(x)  # the inference kernels
+        # A population's epoch: the member kernels, the fused loss, validation, Adam.
+        cfg = TrainConfig(model=kind, epochs=1, population=2, n_sequences=2, seq_len=4, seed=0)
+        splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
+        train(build_population(kind, seed=0, size=2), splits, cfg)
 
 
 class Worker:
