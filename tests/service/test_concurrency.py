@@ -1,10 +1,11 @@
-"""SQLite under several processes: writers that take the lock up front never see 'locked'."""
+"""Several processes claiming and writing: each run once, each epoch once (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from service import db as database
@@ -12,15 +13,16 @@ from service import lifecycle, runs
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
 from tests.service.conftest import make_settings
+from tests.service.servers import postgres  # noqa: F401 (fixture)
 
 N_PROCS = 4
 N_RUNS = 24
 EPOCHS = 15
 
 
-def _hammer(data_dir: str, index: int, out: mp.Queue) -> None:
+def _hammer(data_dir: str, database_url: str, index: int, out: mp.Queue) -> None:
     """Claim runs and write every epoch in its own transaction, as a worker does."""
-    settings = make_settings(Path(data_dir))
+    settings = make_settings(Path(data_dir), database_url=database_url)
     db = database.Database(settings)
     done = 0
     try:
@@ -43,8 +45,13 @@ def _hammer(data_dir: str, index: int, out: mp.Queue) -> None:
         db.dispose()
 
 
-def test_concurrent_claims_and_epoch_writes(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_claims_and_epoch_writes(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL: the claim's SKIP LOCKED and row locks instead of SQLite's one writer.
+    url = request.getfixturevalue("postgres")() if backend == "postgresql" else ""
+    settings = make_settings(tmp_path, database_url=url)
     db = database.Database(settings)
     database.upgrade(db.engine)
     with db.writing() as session:
@@ -53,7 +60,10 @@ def test_concurrent_claims_and_epoch_writes(tmp_path: Path) -> None:
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), i, out)) for i in range(N_PROCS)]
+    procs = [
+        ctx.Process(target=_hammer, args=(str(tmp_path), settings.database_url, i, out))
+        for i in range(N_PROCS)
+    ]
     for p in procs:
         p.start()
     try:
