@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from models.population import member_seed
@@ -108,6 +108,13 @@ def resolve_config(spec: RunCreate) -> TrainConfig:
         raise invalid([{"loc": loc, "msg": str(e), "type": kind}]) from e
 
 
+def lock_queue(session: Session) -> None:
+    """Serialise queue-bound checks within write transactions. SQLite already has one writer
+    (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(7460118)"))
+
+
 def queued_count(session: Session) -> int:
     return (
         session.scalar(select(func.count()).select_from(Run).where(Run.status == RunStatus.queued))
@@ -117,6 +124,7 @@ def queued_count(session: Session) -> int:
 
 def _check_queue(session: Session, settings: Settings) -> None:
     """429 with Retry-After when RNNLAB_MAX_QUEUED runs are already waiting."""
+    lock_queue(session)
     queued = queued_count(session)
     if queued is not None and queued >= settings.max_queued:
         raise ProblemError(

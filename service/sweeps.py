@@ -134,6 +134,7 @@ def create_sweep(*, session: Session, spec: SweepCreate, settings: Settings) -> 
     )
     session.add(sweep)
     session.flush()
+    runs.lock_queue(session)
     queued = runs.queued_count(session)
     if queued + len(combos) > settings.max_queued:
         raise ProblemError(
