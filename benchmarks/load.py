@@ -23,6 +23,8 @@ What it does, all in one bounded run:
      queues behind the long runs and is left there);
    - /predict alone: --requests POST /predict, nothing else mixed in;
    - floor: --requests POST /predict to the floor, the same body;
+   the timed requests go in --rounds slices (4), the three phases taking turns slice by
+   slice, so that a change in background load falls on all of them alike;
 5. prints, per route and phase, requests/s (the route's requests over the phase's wall
    time), p50 and p99 latency, errors (any non-2xx answer or exception, except 429) and 429
    answers (counted apart), then the ratio of rnnlab's /predict throughput alone to the
@@ -125,26 +127,42 @@ async def _measure(
     clients: int,
     warmup: int,
     headers: dict[str, str],
+    rounds: int = 4,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Each phase: `warmup` untimed requests per client and route, then `requests` of each
-    of its routes, shuffled, timed."""
+    of its routes, shuffled, timed. The timed requests go in `rounds` slices, the phases
+    taking turns slice by slice, so that a change in background load (the training runs)
+    falls on every phase alike; a phase's figures are over all its slices."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"content-type": "application/json", **headers}
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    tallies = {phase: {r.name: Tally() for r in routes} for phase, routes in phases.items()}
+    walls = dict.fromkeys(phases, 0.0)
     async with httpx.AsyncClient(limits=limits, timeout=120, headers=headers) as http:
-        for phase, routes in phases.items():
+        for routes in phases.values():
             await _phase(http, routes * (warmup * clients), clients)
-            tasks = routes * requests
-            random.Random(0).shuffle(tasks)
-            tallies, wall = await _phase(http, tasks, clients)
-            results[phase] = {r.name: tallies[r.name].summary(wall) for r in routes}
-            if len(tallies) > 1:
-                everything = Tally()
-                for t in tallies.values():
-                    everything.latencies += t.latencies
-                    everything.errors += t.errors
-                    everything.throttled += t.throttled
-                results[phase]["all"] = everything.summary(wall)
+        for i in range(rounds):
+            share = requests // rounds + (1 if i < requests % rounds else 0)
+            for phase, routes in phases.items():
+                tasks = routes * share
+                random.Random(i).shuffle(tasks)
+                got, wall = await _phase(http, tasks, clients)
+                walls[phase] += wall
+                for name, t in got.items():
+                    mine = tallies[phase][name]
+                    mine.latencies += t.latencies
+                    mine.errors += t.errors
+                    mine.throttled += t.throttled
+                    mine.first_error = mine.first_error or t.first_error
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for phase, routes in phases.items():
+        results[phase] = {r.name: tallies[phase][r.name].summary(walls[phase]) for r in routes}
+        if len(routes) > 1:
+            everything = Tally()
+            for t in tallies[phase].values():
+                everything.latencies += t.latencies
+                everything.errors += t.errors
+                everything.throttled += t.throttled
+            results[phase]["all"] = everything.summary(walls[phase])
     return results
 
 
@@ -240,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=3000, help="steps of the /predict sequence")
     parser.add_argument("--workers", type=int, default=2, help="RNNLAB_WORKERS of the server")
     parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="slices the phases take turns in (fairness)"
+    )
     args = parser.parse_args(argv)
 
     key = os.environ.get("RNNLAB_BENCH_API_KEY", "")
@@ -286,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             floor_predict = Route("POST /predict", "POST", f"{floor_base}/predict", body)
             phases = {"mixed": mixed, "predict alone": [predict], "floor": [floor_predict]}
             results = asyncio.run(
-                _measure(phases, args.requests, args.clients, args.warmup, headers)
+                _measure(phases, args.requests, args.clients, args.warmup, headers, args.rounds)
             )
 
             training: dict[str, dict[str, Any]] = {}
