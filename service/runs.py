@@ -252,21 +252,24 @@ def list_runs(
     return rows[:limit], next_cursor
 
 
+def cancel_where(session: Session, *where: Any) -> tuple[int, int]:
+    """Cancel the runs matching `where`: queued ones now, running ones at their next epoch
+    (the flag their worker reads). Returns (cancelled now, flagged)."""
+    queued = session.execute(
+        update(Run)
+        .where(*where, Run.status == RunStatus.queued)
+        .values(status=RunStatus.cancelled, finished_at=utcnow(), cancel_requested=True)
+    ).rowcount
+    running = session.execute(
+        update(Run).where(*where, Run.status == RunStatus.running).values(cancel_requested=True)
+    ).rowcount
+    return queued, running
+
+
 def cancel_run(*, session: Session, run_id: str) -> Run:
     """Cancel a queued run now, or flag a running one to stop after its current epoch."""
     run = get_run_or_404(session=session, run_id=run_id)
-    now = utcnow()
-    done = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.queued)
-        .values(status=RunStatus.cancelled, finished_at=now, cancel_requested=True)
-    ).rowcount
-    if not done:
-        done = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.running)
-            .values(cancel_requested=True)
-        ).rowcount
+    done = any(cancel_where(session, Run.id == run_id))
     session.refresh(run)
     if not done:
         raise conflict(f"run {run_id!r} has already ended ({run.status.value}); nothing to cancel")

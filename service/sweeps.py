@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from service import runs
@@ -255,17 +255,7 @@ def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepLis
 def cancel_sweep(*, session: Session, sweep_id: str) -> Sweep:
     """Cancel every run of the sweep that has not ended (queued now, running at its epoch)."""
     sweep = get_sweep_or_404(session=session, sweep_id=sweep_id)
-    now = utcnow()
-    queued = session.execute(
-        update(Run)
-        .where(Run.sweep_id == sweep_id, Run.status == RunStatus.queued)
-        .values(status=RunStatus.cancelled, finished_at=now, cancel_requested=True)
-    ).rowcount
-    running = session.execute(
-        update(Run)
-        .where(Run.sweep_id == sweep_id, Run.status == RunStatus.running)
-        .values(cancel_requested=True)
-    ).rowcount
+    queued, running = runs.cancel_where(session, Run.sweep_id == sweep_id)
     if not queued and not running:
         raise conflict(f"every run of sweep {sweep_id!r} has already ended; nothing to cancel")
     return sweep
