@@ -53,8 +53,10 @@ async def run_events(
     """`status` at the start and at every change (status or attempt), `epoch` per epoch
     (id: the epoch number), until the run has ended and everything was sent.
 
-    A re-queued run restarts at epoch 1 under a new attempt: the `status` event of the new
-    attempt comes before its first epoch, and the epoch cursor starts again from 0.
+    A re-queued run restarts at epoch 1 under a new attempt: every epoch event carries its
+    attempt, the `status` event of a new attempt comes before its first epoch (unless the
+    attempt had already ended: then its status comes last, as always), and the epoch cursor
+    starts again from 0.
     """
     sent_epoch = parse_last_event_id(last_event_id)
     seen: tuple[str, int] | None = None
@@ -72,14 +74,21 @@ async def run_events(
             state = (snap.run.status.value, snap.run.attempt)
         ended = snap.run.status in ENDED
         status = ServerSentEvent(event="status", data=snap.run.model_dump(mode="json"))
-        if state != seen and (not ended or new_attempt):  # before the epochs it starts
+        # A change is announced before the epochs it starts; an ended run's status only
+        # last, so that a client may stop at the first ended status it sees.
+        if state != seen and not ended:
             yield status
         seen = state
         for epoch, train_loss, valid_loss in snap.epochs:
             yield ServerSentEvent(
                 event="epoch",
                 id=str(epoch),
-                data={"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss},
+                data={
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "valid_loss": valid_loss,
+                    "attempt": snap.run.attempt,
+                },
             )
             sent_epoch = epoch
         if ended:  # the final status is the last event

@@ -28,7 +28,7 @@ EVENT_ITEM_SCHEMA = {
             "type": "string",
             "contentMediaType": "application/json",
             "description": "status: the run as GET /runs/{id} shows it; epoch: "
-            '{"epoch", "train_loss", "valid_loss"}',
+            '{"epoch", "train_loss", "valid_loss", "attempt"}',
         },
         "id": {"type": "string", "description": "epoch events: the epoch"},
         "retry": {"type": "integer", "minimum": 0},
@@ -119,8 +119,9 @@ async def _existing_run_id(db: DbDep, run_id: str) -> str:
         200: {
             "description": "text/event-stream: `status` events (the run as GET /runs/{id} "
             "shows it) at the start and at every change, one `epoch` event per epoch "
-            '(`{"epoch", "train_loss", "valid_loss"}`, id: the epoch), keep-alive comments; '
-            "ends after the run's final status. Reconnect with Last-Event-ID to get only the "
+            '(`{"epoch", "train_loss", "valid_loss", "attempt"}`, id: the epoch), keep-alive '
+            "comments; an ended status is always the last event, after which the stream ends. "
+            "Reconnect with Last-Event-ID to get only the "
             "epochs after it.",
             "content": {"text/event-stream": {"itemSchema": EVENT_ITEM_SCHEMA}},
         },

@@ -173,18 +173,20 @@ function select(runId) {
   drawCurve();
   const source = new EventSource(`/runs/${runId}/events`);
   state.source = source;
+  const restart = attempt => { state.curve = { attempt, epochs: [], train: [], valid: [] }; };
   source.addEventListener("status", ev => {
     const run = JSON.parse(ev.data);
-    if (state.curve.attempt !== null && run.attempt !== state.curve.attempt) {
-      state.curve = { attempt: run.attempt, epochs: [], train: [], valid: [] };  // restarted
-    }
-    state.curve.attempt = run.attempt;
+    // A new attempt (the run was re-queued) starts its curve again. An ended status is the
+    // stream's last event: everything it had to say has come.
+    if (!ENDED.has(run.status) && state.curve.attempt !== null && run.attempt !== state.curve.attempt) restart(run.attempt);
+    if (state.curve.attempt === null) state.curve.attempt = run.attempt;
     showRun(run);
     scheduleDraw();
     if (ENDED.has(run.status)) source.close();  // the stream ends; do not reconnect
   });
   source.addEventListener("epoch", ev => {
     const e = JSON.parse(ev.data);
+    if (e.attempt !== undefined && e.attempt !== state.curve.attempt) restart(e.attempt);
     const c = state.curve;
     if (c.epochs.length && e.epoch <= c.epochs[c.epochs.length - 1]) return;
     c.epochs.push(e.epoch); c.train.push(e.train_loss); c.valid.push(e.valid_loss);

@@ -105,7 +105,7 @@ def start_run(driver, **fields: str) -> str:
         box.clear()
         box.send_keys(value)
     driver.find_element(By.ID, "f-submit").click()
-    message = WebDriverWait(driver, 20).until(
+    message = WebDriverWait(driver, 60).until(
         lambda d: (
             d.find_element(By.ID, "form-message").text.startswith("started run")
             and d.find_element(By.ID, "form-message").text
@@ -130,6 +130,18 @@ def wait_row_status(driver, run_id: str, status: str, timeout: float = 180) -> N
     WebDriverWait(driver, timeout, poll_frequency=0.2).until(row_status)
 
 
+def clickable(driver, scope, css: str):
+    """The element under `scope` once it is displayed and enabled (Swagger UI renders late)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(_d):
+        found = scope.find_elements(By.CSS_SELECTOR, css)
+        return found[0] if found and found[0].is_displayed() and found[0].is_enabled() else False
+
+    return WebDriverWait(driver, 60).until(ready)
+
+
 def image_loaded(driver, element_id: str) -> bool:
     return driver.execute_script(
         "const i = document.getElementById(arguments[0]);"
@@ -147,10 +159,10 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
     small = {"f-epochs": "40", "f-nseq": "3", "f-seqlen": "100", "f-seed": "3"}
     lstm = start_run(browser, model="lstm", **small, **{"f-population": "2"})
     # It appears in the table (the page polls /runs) and trains to the end.
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script(ROW_STATUS, lstm) is not None)
+    WebDriverWait(browser, 60).until(lambda d: d.execute_script(ROW_STATUS, lstm) is not None)
     wait_row_status(browser, lstm, "succeeded")
     # The live loss curve, drawn from the event stream: one point per epoch, a real size.
-    WebDriverWait(browser, 20).until(
+    WebDriverWait(browser, 60).until(
         lambda d: (
             d.execute_script(
                 "const p = document.querySelector('#loss-chart polyline.series-valid');"
@@ -164,15 +176,15 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
         ".getBoundingClientRect(); return [r.width, r.height];"
     )
     assert size[0] > 100 and size[1] > 0
-    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-predictions"))
-    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-scatter"))
+    WebDriverWait(browser, 60).until(lambda d: image_loaded(d, "d-predictions"))
+    WebDriverWait(browser, 60).until(lambda d: image_loaded(d, "d-scatter"))
     summary = browser.find_element(By.ID, "d-summary").text
     assert "succeeded, 40 of 40 epochs" in summary and "zero predictor" in summary
     shot(browser, tmp_path, "dashboard-run")
 
     # A prediction through the box: one output per step of the example sequence.
     browser.find_element(By.ID, "p-button").click()
-    out = WebDriverWait(browser, 20).until(
+    out = WebDriverWait(browser, 60).until(
         lambda d: (
             d.find_element(By.ID, "p-output").text.startswith("sequence 0:")
             and d.find_element(By.ID, "p-output").text
@@ -189,7 +201,7 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
             run_id,
         )
     browser.find_element(By.ID, "compare-button").click()
-    text = WebDriverWait(browser, 20).until(
+    text = WebDriverWait(browser, 60).until(
         lambda d: (
             "did best" in d.find_element(By.ID, "compare-summary").text
             and d.find_element(By.ID, "compare-summary").text
@@ -198,7 +210,7 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
     assert "lstm" in text and "elman" in text
     rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
     assert len(rows) == 2
-    WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "compare-plot"))
+    WebDriverWait(browser, 60).until(lambda d: image_loaded(d, "compare-plot"))
     shot(browser, tmp_path, "dashboard-compare")
 
     # The form shows the API's refusal.
@@ -206,7 +218,7 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
     start.clear()
     start.send_keys("65")
     browser.find_element(By.ID, "f-submit").click()
-    WebDriverWait(browser, 20).until(lambda d: "422" in d.find_element(By.ID, "form-message").text)
+    WebDriverWait(browser, 60).until(lambda d: "422" in d.find_element(By.ID, "form-message").text)
     assert "population" in browser.find_element(By.ID, "form-message").text
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     # The one expected error: the refused POST /runs (422) the page just showed.
@@ -224,14 +236,14 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
     with serve(tmp_path, RNNLAB_API_KEYS=f"other-key,{KEY}") as url:
         # Swagger UI: try GET /runs without the key (401), then Authorize and try again (200).
         browser.get(url + "/docs")
-        op = WebDriverWait(browser, 30).until(
+        op = WebDriverWait(browser, 60).until(
             lambda d: d.find_element(By.ID, "operations-runs-list_runs")
         )
         op.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
         WebDriverWait(browser, 10).until(
             lambda d: op.find_element(By.CSS_SELECTOR, "button.try-out__btn")
         ).click()
-        op.find_element(By.CSS_SELECTOR, "button.execute").click()
+        clickable(browser, op, "button.execute").click()
 
         def status(d):
             cells = op.find_elements(
@@ -239,7 +251,7 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
             )
             return cells and cells[0].text.strip()
 
-        assert WebDriverWait(browser, 20).until(status) == "401"
+        assert WebDriverWait(browser, 60).until(status) == "401"
         browser.find_element(By.CSS_SELECTOR, ".auth-wrapper button.authorize").click()
         modal = WebDriverWait(browser, 10).until(
             lambda d: d.find_element(By.CSS_SELECTOR, ".modal-ux")
@@ -247,31 +259,31 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
         modal.find_element(By.CSS_SELECTOR, "input").send_keys(KEY)
         modal.find_element(By.CSS_SELECTOR, "button.authorize").click()
         modal.find_element(By.CSS_SELECTOR, "button.btn-done").click()
-        op.find_element(By.CSS_SELECTOR, "button.execute").click()
-        WebDriverWait(browser, 20).until(lambda d: status(d) == "200")
+        clickable(browser, op, "button.execute").click()
+        WebDriverWait(browser, 60).until(lambda d: status(d) == "200")
         curl = op.find_element(By.CSS_SELECTOR, ".curl-command").text
         assert f"Authorization: Bearer {KEY}" in curl
         shot(browser, tmp_path, "docs-authorized")
 
         # The dashboard: the page shell loads, asks for the key, then runs, streams and plots.
         browser.get(url + "/")
-        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
         box = browser.find_element(By.ID, "key-input")
         box.send_keys("wrong-key")
         browser.find_element(By.ID, "key-submit").click()
-        WebDriverWait(browser, 20).until(
+        WebDriverWait(browser, 60).until(
             lambda d: "refused" in d.find_element(By.ID, "key-message").text
         )
         box.send_keys(KEY)
         browser.find_element(By.ID, "key-submit").click()
-        WebDriverWait(browser, 20).until(
+        WebDriverWait(browser, 60).until(
             lambda d: not d.find_element(By.ID, "key-form").is_displayed()
         )
         small = {"f-epochs": "15", "f-nseq": "3", "f-seqlen": "60", "f-seed": "4"}
         run_id = start_run(browser, model="lstm", **small, **{"f-population": "1"})
         wait_row_status(browser, run_id, "succeeded")
         # The curve comes from an EventSource and the plots from <img>: both ride on the cookie.
-        WebDriverWait(browser, 20).until(
+        WebDriverWait(browser, 60).until(
             lambda d: (
                 d.execute_script(
                     "const p = document.querySelector('#loss-chart polyline.series-valid');"
@@ -280,7 +292,7 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
                 == 15
             )
         )
-        WebDriverWait(browser, 30).until(lambda d: image_loaded(d, "d-predictions"))
+        WebDriverWait(browser, 60).until(lambda d: image_loaded(d, "d-predictions"))
         shot(browser, tmp_path, "dashboard-with-key")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         # The expected refusals: the page's first /runs without a key and the wrong key.
