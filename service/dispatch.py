@@ -74,17 +74,20 @@ def send_pending(db: Database, settings: Settings, *, limit: int = 1000) -> int:
     if not ids:
         return 0
     app = celery_app(settings)
-    sent = 0
-    for run_id in ids:
-        app.send_task(TASK, args=[run_id], queue=QUEUE)
-        with db.writing() as session:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.queued)
-                .values(dispatched_at=utcnow())
-            )
-        sent += 1
-    return sent
+    sent: list[str] = []
+    try:
+        for run_id in ids:
+            app.send_task(TASK, args=[run_id], queue=QUEUE)
+            sent.append(run_id)
+    finally:  # one write for every id that went out, even if a later send failed
+        if sent:
+            with db.writing() as session:
+                session.execute(
+                    update(Run)
+                    .where(Run.id.in_(sent), Run.status == RunStatus.queued)
+                    .values(dispatched_at=utcnow())
+                )
+    return len(sent)
 
 
 def try_send_pending(db: Database, settings: Settings) -> None:

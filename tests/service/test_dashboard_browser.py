@@ -142,6 +142,14 @@ def clickable(driver, scope, css: str):
     return WebDriverWait(driver, 60).until(ready)
 
 
+def curve_points(driver) -> int | None:
+    """Points of the live loss curve's validation series (None before it is drawn)."""
+    return driver.execute_script(
+        "const p = document.querySelector('#loss-chart polyline.series-valid');"
+        "return p && p.getAttribute('points').trim().split(' ').length;"
+    )
+
+
 def image_loaded(driver, element_id: str) -> bool:
     return driver.execute_script(
         "const i = document.getElementById(arguments[0]);"
@@ -162,15 +170,7 @@ def test_dashboard_trains_shows_predicts_and_compares(server: str, browser, tmp_
     WebDriverWait(browser, 60).until(lambda d: d.execute_script(ROW_STATUS, lstm) is not None)
     wait_row_status(browser, lstm, "succeeded")
     # The live loss curve, drawn from the event stream: one point per epoch, a real size.
-    WebDriverWait(browser, 60).until(
-        lambda d: (
-            d.execute_script(
-                "const p = document.querySelector('#loss-chart polyline.series-valid');"
-                "return p && p.getAttribute('points').trim().split(' ').length;"
-            )
-            == 40
-        )
-    )
+    WebDriverWait(browser, 60).until(lambda d: curve_points(d) == 40)
     size = browser.execute_script(
         "const r = document.querySelector('#loss-chart polyline.series-train')"
         ".getBoundingClientRect(); return [r.width, r.height];"
@@ -283,15 +283,7 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
         run_id = start_run(browser, model="lstm", **small, **{"f-population": "1"})
         wait_row_status(browser, run_id, "succeeded")
         # The curve comes from an EventSource and the plots from <img>: both ride on the cookie.
-        WebDriverWait(browser, 60).until(
-            lambda d: (
-                d.execute_script(
-                    "const p = document.querySelector('#loss-chart polyline.series-valid');"
-                    "return p && p.getAttribute('points').trim().split(' ').length;"
-                )
-                == 15
-            )
-        )
+        WebDriverWait(browser, 60).until(lambda d: curve_points(d) == 15)
         WebDriverWait(browser, 60).until(lambda d: image_loaded(d, "d-predictions"))
         shot(browser, tmp_path, "dashboard-with-key")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
