@@ -44,7 +44,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.predict_latency import _body, _free_port, _process, _train, _wait_ready
+from benchmarks.predict_latency import _body, _train, serve_with_floor
 
 LONG_RUN: dict[str, Any] = {"model": "lstm", "epochs": 100_000}  # default recipe, cancelled
 TINY_RUN: dict[str, Any] = {
@@ -277,18 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env.pop("RNNLAB_API_KEYS", None)
         if key:
             env["RNNLAB_API_KEYS"] = key
-        port, floor_port = _free_port(), _free_port()
-        server_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
-        floor_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
-        floor_cmd += ["benchmarks.predict_latency:create_floor_app", "--port", str(floor_port)]
-        server_log, floor_log = os.path.join(tmp, "server.log"), os.path.join(tmp, "floor.log")
-        with (
-            _process([*server_cmd, "--port", str(port)], env, server_log) as server,
-            _process(floor_cmd, env, floor_log) as floor,
-        ):
-            base, floor_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
-            _wait_ready(f"{base}/readyz", server, server_log)
-            _wait_ready(f"{floor_base}/docs", floor, floor_log)
+        with serve_with_floor(env, tmp) as (base, floor_base):
             run_id = _succeeded_run(base, headers)
 
             long_ids = [_start_run(base, {**LONG_RUN, "seed": s}, headers) for s in (1, 2)]

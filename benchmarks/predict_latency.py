@@ -89,6 +89,25 @@ def _process(cmd: list[str], env: dict[str, str], log_path: str) -> Iterator[sub
                 proc.wait()
 
 
+@contextmanager
+def serve_with_floor(env: dict[str, str], tmp: str) -> Iterator[tuple[str, str]]:
+    """`rnnlab serve` and the floor, each on a free port with its log in `tmp`, both ready;
+    yields their base URLs."""
+    port, floor_port = _free_port(), _free_port()
+    server_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
+    floor_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
+    floor_cmd += ["benchmarks.predict_latency:create_floor_app", "--port", str(floor_port)]
+    server_log, floor_log = os.path.join(tmp, "server.log"), os.path.join(tmp, "floor.log")
+    with (
+        _process([*server_cmd, "--port", str(port)], env, server_log) as server,
+        _process(floor_cmd, env, floor_log) as floor,
+    ):
+        base, floor_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
+        _wait_ready(f"{base}/readyz", server, server_log)
+        _wait_ready(f"{floor_base}/docs", floor, floor_log)
+        yield base, floor_base
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, log_path: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,19 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="rnnlab-bench-") as tmp:
         env = {**os.environ, "RNNLAB_DATA_DIR": tmp, "RNNLAB_LOG_LEVEL": "warning"}
-        port, floor_port = _free_port(), _free_port()
-        server_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
-        floor_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
-        floor_cmd += ["benchmarks.predict_latency:create_floor_app", "--port", str(floor_port)]
-        server_log, floor_log = os.path.join(tmp, "server.log"), os.path.join(tmp, "floor.log")
-        with (
-            _process([*server_cmd, "--port", str(port)], env, server_log) as server,
-            _process(floor_cmd, env, floor_log) as floor,
-        ):
-            base, floor_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
-            _wait_ready(f"{base}/readyz", server, server_log)
+        with serve_with_floor(env, tmp) as (base, floor_base):
             run_ids = {kind: _train(base, kind) for kind in KINDS}
-            _wait_ready(f"{floor_base}/docs", floor, floor_log)
 
             targets = {k: (f"{base}/predict", _body(rid, args.steps)) for k, rid in run_ids.items()}
             targets["floor"] = (f"{floor_base}/predict", _body("floor", args.steps))
