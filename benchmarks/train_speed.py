@@ -7,8 +7,9 @@ split in fixed-order batches, then the validation MSE under no_grad. Every varia
 loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hidden 2, Adam lr
 0.01):
 
-- rnnlab: `models.build_model(kind)`, i.e. the fused kernels (models.kernels) on the CPU,
-  with the optimizer `models.train` uses (`models.training.make_optimizer`: fused Adam);
+- rnnlab: `models.build_model(kind)` trained as `models.train` trains it, epoch for epoch
+  (`models.training.train_epoch`: each batch one fused pass of the kernels, forward and
+  backward, without autograd, then fused Adam; the validation MSE in one fused pass);
 - eager: torch.nn.RNN(nonlinearity="tanh") or torch.nn.LSTM, then nn.Linear, with torch's
   default Adam;
 - reference (Elman only): the same rnnlab model under `models.networks.reference_mode()`,
@@ -45,9 +46,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import TrainConfig, build_model, build_population, fit, kernels, make_splits, train
+from models import (
+    Population,
+    TrainConfig,
+    build_model,
+    build_population,
+    fit,
+    kernels,
+    make_splits,
+    train,
+)
 from models.networks import reference_mode
-from models.training import make_optimizer
+from models.training import _member_mse, make_optimizer, train_epoch
 
 
 class EagerElman(nn.Module):
@@ -111,8 +121,24 @@ def make_epoch(
 
 
 def rnnlab_epoch(model: nn.Module, data: tuple[torch.Tensor, ...], args: Any) -> Epoch:
+    """One epoch exactly as `models.train` runs it: `train_epoch` then the validation MSE."""
+    X, T, Xv, Tv = data
+    pop = Population([model])
+    optimizer = make_optimizer(pop, args.lr)
+
+    def epoch() -> None:
+        train_epoch(pop, optimizer, X, T, args.batch_size)
+        pop.eval()
+        with torch.no_grad():
+            _member_mse(pop, Xv, Tv)
+
+    return epoch
+
+
+def reference_epoch(model: nn.Module, data: tuple[torch.Tensor, ...], args: Any) -> Epoch:
+    """The readable per-step nn.Linear loop (reference_mode) in the eager loop."""
     optimizer = make_optimizer(model, args.lr)
-    return make_epoch(model, data, args.batch_size, args.lr, optimizer)
+    return in_reference_mode(make_epoch(model, data, args.batch_size, args.lr, optimizer))
 
 
 def in_reference_mode(epoch: Epoch) -> Epoch:
@@ -134,8 +160,8 @@ def measure(args: argparse.Namespace, data: tuple[torch.Tensor, ...]) -> dict[st
         variants[f"{kind}/rnnlab"] = (fast, args.rounds)
         variants[f"{kind}/eager"] = (slow, args.rounds)
         if kind == "elman":
-            ref = rnnlab_epoch(build_model(kind, n_hidden=h, seed=0), data, args)
-            variants[f"{kind}/reference"] = (in_reference_mode(ref), args.reference_rounds)
+            ref = reference_epoch(build_model(kind, n_hidden=h, seed=0), data, args)
+            variants[f"{kind}/reference"] = (ref, args.reference_rounds)
 
     for epoch, _ in variants.values():
         for _ in range(args.warmup):

@@ -234,8 +234,7 @@ def _member_mse(pop: Population, X: torch.Tensor, T: torch.Tensor) -> list[float
     """Each member's MSE over a whole split, EVAL_BATCH sequences per forward pass."""
     total = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
     for i in range(0, X.shape[0], EVAL_BATCH):
-        y = pop(X[i : i + EVAL_BATCH])  # (K, b, T, out)
-        total += ((y - T[i : i + EVAL_BATCH]) ** 2).sum(dim=(1, 2, 3)).double()
+        total += pop.sse(X[i : i + EVAL_BATCH], T[i : i + EVAL_BATCH]).to(X.device)
     return (total / T.numel()).tolist()
 
 
@@ -250,6 +249,38 @@ def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimi
     params = list(model.parameters())
     fusable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=learning_rate, fused=fusable or None)
+
+
+def train_epoch(
+    pop: Population,
+    optimizer: torch.optim.Optimizer,
+    X: torch.Tensor,
+    T: torch.Tensor,
+    batch_size: int,
+    clip_grad_norm: float = 0.0,
+) -> list[float]:
+    """One epoch of Adam steps over (X, T) in fixed-order batches; each member's mean loss.
+
+    No shuffling, so no RNG state enters training. On the CPU each batch is one fused pass of
+    the kernels, forward and backward, without autograd (`Population.mse_and_grads`);
+    elsewhere autograd.
+    """
+    pop.train()
+    n = X.shape[0]
+    weighted = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
+    for i in range(0, n, batch_size):
+        xb, tb = X[i : i + batch_size], T[i : i + batch_size]
+        # (K,): each member's MSE; each member's gradient is its own loss's.
+        per_member = pop.mse_and_grads(xb, tb)
+        if per_member is None:
+            optimizer.zero_grad(set_to_none=True)
+            per_member = pop.mse(xb, tb)
+            per_member.sum().backward()
+        if clip_grad_norm > 0:
+            _clip_per_member(list(pop.parameters()), clip_grad_norm)
+        optimizer.step()
+        weighted += per_member.detach().double().to(X.device) * xb.shape[0]
+    return (weighted / n).tolist()
 
 
 def halving_epochs(epochs: int, population: int) -> list[int]:
@@ -330,7 +361,6 @@ def train(
     )
     halvings = halving_epochs(config.epochs, pop.size)
     best_weights: dict[int, list[torch.Tensor]] = {}  # member index → its best epoch's weights
-    n = X.shape[0]
     for epoch in range(1, config.epochs + 1):
         if should_stop is not None and should_stop():
             history.stopped = True
@@ -338,19 +368,7 @@ def train(
         lr = learning_rate_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pop.train()
-        # Batches in a fixed order: no shuffling, so no RNG state enters training.
-        weighted = torch.zeros(pop.size, dtype=torch.float64, device=device)
-        for i in range(0, n, config.batch_size):
-            xb, tb = X[i : i + config.batch_size], T[i : i + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            per_member = pop.mse(xb, tb)  # (K,): each member's MSE, one fused pass on the CPU
-            per_member.sum().backward()  # each member's gradient is its own loss's
-            if config.clip_grad_norm > 0:
-                _clip_per_member(list(pop.parameters()), config.clip_grad_norm)
-            optimizer.step()
-            weighted += per_member.detach().double() * xb.shape[0]
-        train_losses = (weighted / n).tolist()
+        train_losses = train_epoch(pop, optimizer, X, T, config.batch_size, config.clip_grad_norm)
         pop.eval()
         with torch.no_grad():
             valid_losses = _member_mse(pop, Xv, Tv)

@@ -41,7 +41,13 @@ from models.kernels.elman import (
     elman_recurrence,
 )
 from models.kernels.glue import DTYPES, get_threads, set_threads
-from models.kernels.loss import elman_population_mse, lstm_population_mse
+from models.kernels.loss import (
+    elman_population_grads,
+    elman_population_mse,
+    lstm_population_grads,
+    lstm_population_mse,
+    population_sse,
+)
 from models.kernels.lstm import (
     LSTMFunction,
     lstm_inference,
@@ -60,6 +66,7 @@ __all__ = [
     "chunk_steps",
     "elman_inference",
     "elman_population",
+    "elman_population_grads",
     "elman_population_inference",
     "elman_population_mse",
     "elman_recurrence",
@@ -67,9 +74,11 @@ __all__ = [
     "get_threads",
     "lstm_inference",
     "lstm_population",
+    "lstm_population_grads",
     "lstm_population_inference",
     "lstm_population_mse",
     "lstm_recurrence",
+    "population_sse",
     "set_threads",
     "warm_up",
 ]

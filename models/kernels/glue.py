@@ -93,3 +93,8 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
     out = torch.empty(like.shape, dtype=like.dtype)
     _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
     return out
+
+
+def reduce_members_into(lanes: np.ndarray, n_batch: int, out: torch.Tensor) -> None:
+    """`reduce_members` written into `out` [K, …] (contiguous, on the CPU) in place."""
+    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())

@@ -20,8 +20,23 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _njit
 from models.kernels.elman import _elman_backward, _elman_forward
-from models.kernels.glue import _check, _np, reduce_members, run_groups, sequence_groups
-from models.kernels.lstm import _lstm_backward, _lstm_forward_train, bias_like
+from models.kernels.glue import (
+    _check,
+    _np,
+    reduce_members,
+    reduce_members_into,
+    run_groups,
+    sequence_groups,
+)
+from models.kernels.lstm import (
+    _lstm_backward,
+    _lstm_forward_infer,
+    _lstm_forward_train,
+    bias_like,
+)
+
+LSTM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "fc.weight", "fc.bias")
+ELMAN_NAMES = ("l1.weight", "l1.bias", "hr.weight", "hr.bias", "l2.weight", "l2.bias")
 
 
 @_njit
@@ -110,6 +125,132 @@ def _losses(sq: np.ndarray, n_members: int, n_batch: int, count: int, dtype: tor
     return torch.from_numpy(per_member).to(dtype)
 
 
+# --- one pass's work, per group of sequences ----------------------------------------------
+# Shared by the autograd Functions (forward, then backward when autograd asks) and by
+# `*_population_grads`, which runs both halves in one go for `sum(losses)` (each member's
+# gradient is its own loss's), without autograd: the same kernels in the same order, so the
+# same bits, minus the autograd machinery, which costs as much as the kernels for 2 units.
+
+
+class _LSTMPass:
+    """A batch's arrays (numpy views of the tensors) and per-sequence results for the LSTM."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
+        self.xn, self.tn = _np(x), _np(target)
+        self.w = [_np(t) for t in weights[:4]]  # weight_ih, weight_hh, bias_ih, bias_hh
+        self.w2, self.b2 = _np(weights[4]), _np(weights[5])
+        self.n_batch, self.n_steps, _ = x.shape
+        self.n_members, _, self.n_hidden = weights[1].shape
+        self.n_seq, self.n_out = self.n_members * self.n_batch, weights[4].shape[1]
+        self.hs = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
+        self.err = np.empty((self.n_seq, self.n_steps, self.n_out))
+        self.sq = np.empty(self.n_seq)
+        self.groups = sequence_groups(self.n_seq)
+        self.saved: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self.lanes: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return self.n_batch * self.n_steps * self.n_out
+
+    def losses(self, dtype: torch.dtype) -> Any:
+        return _losses(self.sq, self.n_members, self.n_batch, self.count, dtype)
+
+    def forward(self, n0: int, n1: int) -> None:
+        units = (n1 - n0) * self.n_hidden
+        cs = np.empty((self.n_steps, units), dtype=self.xn.dtype)
+        tcs = np.empty_like(cs)
+        gates = np.empty((self.n_steps, 4 * units), dtype=self.xn.dtype)
+        rows = slice(n0, n1)
+        _lstm_forward_train(self.xn, *self.w, n0, self.hs[rows], cs, tcs, gates)
+        _readout_forward(
+            self.hs[rows], self.w2, self.b2, self.tn, self.n_batch, n0, self.err[rows],
+            self.sq[rows],
+        )  # fmt: skip
+        self.saved[(n0, n1)] = (cs, tcs, gates)
+
+    def forward_only(self, n0: int, n1: int) -> None:
+        """The errors without what the backward pass needs (no gates or cells kept)."""
+        rows = slice(n0, n1)
+        h = np.zeros((n1 - n0, self.n_hidden), dtype=self.xn.dtype)
+        _lstm_forward_infer(self.xn, *self.w, n0, h, h.copy(), self.hs[rows])
+        _readout_forward(
+            self.hs[rows], self.w2, self.b2, self.tn, self.n_batch, n0, self.err[rows],
+            self.sq[rows],
+        )  # fmt: skip
+
+    def make_lanes(self, weights: Any) -> None:
+        """Per-sequence gradient sums: W_ih, W_hh, bias, fc weight, fc bias."""
+        n, g = self.n_seq, weights[1].shape[1]
+        shapes = ((n, *weights[0].shape[1:]), (n, *weights[1].shape[1:]), (n, g))
+        shapes += ((n, *weights[4].shape[1:]), (n, self.n_out))
+        self.lanes = [np.empty(s) for s in shapes]
+
+    def backward(self, n0: int, n1: int, scale: np.ndarray) -> None:
+        cs, tcs, gates = self.saved[(n0, n1)]
+        lw_ih, lw_hh, lb, lw2, lb2 = (lane[n0:n1] for lane in self.lanes)
+        dhs = np.empty((n1 - n0, self.n_steps, self.n_hidden))
+        hs, dx = self.hs[n0:n1], np.empty((1, 1, 1), dtype=self.xn.dtype)
+        _readout_backward(hs, self.err[n0:n1], self.w2, scale, self.n_batch, n0, dhs, lw2, lb2)
+        _lstm_backward(
+            dhs, self.xn, hs, cs, tcs, gates, self.w[0], self.w[1], n0, False, dx,
+            lw_ih, lw_hh, lb,
+        )  # fmt: skip
+
+
+class _ElmanPass:
+    """A batch's arrays and per-sequence results for the Elman network (l1, hr, l2)."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
+        self.xn, self.tn = _np(x), _np(target)
+        self.w1, self.b1, self.wr, self.br, self.w2, self.b2 = (_np(t) for t in weights)
+        self.n_batch, self.n_steps, _ = x.shape
+        self.n_members, self.n_hidden, _ = weights[2].shape
+        self.n_seq, self.n_out = self.n_members * self.n_batch, weights[4].shape[1]
+        self.a = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
+        self.hs = np.empty_like(self.a)
+        self.h = np.empty((self.n_seq, self.n_hidden), dtype=self.xn.dtype)
+        self.err = np.empty((self.n_seq, self.n_steps, self.n_out))
+        self.sq = np.empty(self.n_seq)
+        self.groups = sequence_groups(self.n_seq)
+        self.lanes: list[np.ndarray] = []
+
+    @property
+    def count(self) -> int:
+        return self.n_batch * self.n_steps * self.n_out
+
+    def losses(self, dtype: torch.dtype) -> Any:
+        return _losses(self.sq, self.n_members, self.n_batch, self.count, dtype)
+
+    def forward(self, n0: int, n1: int) -> None:
+        rows, nb = slice(n0, n1), self.n_batch
+        _project_forward(self.xn, self.w1, self.b1, nb, n0, self.a[rows])
+        _elman_forward(self.a[rows], self.wr, self.br, nb, n0, self.h[rows], True, self.hs[rows])
+        _readout_forward(
+            self.hs[rows], self.w2, self.b2, self.tn, nb, n0, self.err[rows], self.sq[rows]
+        )
+
+    forward_only = forward
+
+    def make_lanes(self, weights: Any) -> None:
+        """Per-sequence gradient sums: l1 weight and bias, hr weight and bias, l2 ditto."""
+        self.lanes = [np.empty((self.n_seq, *w.shape[1:])) for w in weights]
+
+    def backward(self, n0: int, n1: int, scale: np.ndarray) -> None:
+        lw1, lb1, lwr, lbr, lw2, lb2 = (lane[n0:n1] for lane in self.lanes)
+        rows, nb = slice(n0, n1), self.n_batch
+        dhs = np.empty((n1 - n0, self.n_steps, self.n_hidden))
+        _readout_backward(self.hs[rows], self.err[rows], self.w2, scale, nb, n0, dhs, lw2, lb2)
+        da = np.empty((n1 - n0, self.n_steps, self.n_hidden))
+        _elman_backward(dhs, self.hs[rows], self.wr, nb, n0, da, lwr, lbr)
+        _project_backward(self.xn, da, nb, n0, lw1, lb1)
+
+
+def _scale(dloss: np.ndarray, count: int) -> np.ndarray:
+    """dL/dy = scale_m · err for member m's outputs, from dL/d(loss_m)."""
+    return dloss * 2.0 / count
+
+
 class LSTMLossFunction(torch.autograd.Function):
     """Each member's MSE of fc(LSTM(x)) against target: [K], differentiable in the weights."""
 
@@ -125,65 +266,27 @@ class LSTMLossFunction(torch.autograd.Function):
         fc_weight: torch.Tensor,
         fc_bias: torch.Tensor,
     ) -> torch.Tensor:
-        n_batch, n_steps, _ = x.shape
-        n_members, _, n_hidden = weight_hh.shape
-        n_seq, n_out = n_members * n_batch, fc_weight.shape[1]
-        xn, tn = _np(x), _np(target)
-        w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
-        w2, b2 = _np(fc_weight), _np(fc_bias)
-        hs = np.empty((n_seq, n_steps, n_hidden), dtype=xn.dtype)
-        err = np.empty((n_seq, n_steps, n_out))
-        sq = np.empty(n_seq)
-        groups = sequence_groups(n_seq)
-        saved: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
-
-        def work(n0: int, n1: int) -> None:
-            units = (n1 - n0) * n_hidden
-            cs = np.empty((n_steps, units), dtype=xn.dtype)
-            tcs = np.empty_like(cs)
-            gates = np.empty((n_steps, 4 * units), dtype=xn.dtype)
-            _lstm_forward_train(xn, *w, n0, hs[n0:n1], cs, tcs, gates)
-            _readout_forward(hs[n0:n1], w2, b2, tn, n_batch, n0, err[n0:n1], sq[n0:n1])
-            saved[(n0, n1)] = (cs, tcs, gates)
-
-        run_groups(work, groups)
-        ctx.state = (xn, w, w2, hs, err, groups, saved, n_batch)
-        ctx.shapes = (weight_ih, weight_hh, fc_weight, fc_bias)
-        return _losses(sq, n_members, n_batch, n_batch * n_steps * n_out, x.dtype)
+        weights = (weight_ih, weight_hh, bias_ih, bias_hh, fc_weight, fc_bias)
+        ctx.pass_ = work = _LSTMPass(x, target, weights)
+        run_groups(work.forward, work.groups)
+        ctx.shapes = weights
+        return work.losses(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dloss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        xn, w, w2, hs, err, groups, saved, n_batch = ctx.state
-        weight_ih, weight_hh, fc_weight, fc_bias = ctx.shapes
-        n_seq, n_steps, n_hidden = hs.shape
-        n_out = w2.shape[1]
-        scale = dloss.detach().double().numpy() * 2.0 / (n_batch * n_steps * n_out)
-        lw_ih = np.empty((n_seq, *weight_ih.shape[1:]))
-        lw_hh = np.empty((n_seq, *weight_hh.shape[1:]))
-        lb = np.empty((n_seq, weight_hh.shape[1]))
-        lw2 = np.empty((n_seq, *fc_weight.shape[1:]))
-        lb2 = np.empty((n_seq, n_out))
-        dx = np.empty((1, 1, 1), dtype=xn.dtype)
-
-        def work(n0: int, n1: int) -> None:
-            cs, tcs, gates = saved[(n0, n1)]
-            dhs = np.empty((n1 - n0, n_steps, n_hidden))
-            rows = slice(n0, n1)
-            _readout_backward(
-                hs[rows], err[rows], w2, scale, n_batch, n0, dhs, lw2[rows], lb2[rows]
+        work: _LSTMPass = ctx.pass_
+        weights = ctx.shapes
+        scale = _scale(dloss.detach().double().numpy(), work.count)
+        work.make_lanes(weights)
+        run_groups(lambda n0, n1: work.backward(n0, n1, scale), work.groups)
+        dw_ih, dw_hh, db, dfc_w, dfc_b = (
+            reduce_members(lane, work.n_batch, like)
+            for lane, like in zip(
+                work.lanes, (weights[0], weights[1], bias_like(weights[1]), *weights[4:]),
+                strict=True,
             )
-            _lstm_backward(
-                dhs, xn, hs[rows], cs, tcs, gates, w[0], w[1], n0, False, dx,
-                lw_ih[rows], lw_hh[rows], lb[rows],
-            )  # fmt: skip
-
-        run_groups(work, groups)
-        dw_ih = reduce_members(lw_ih, n_batch, weight_ih)
-        dw_hh = reduce_members(lw_hh, n_batch, weight_hh)
-        db = reduce_members(lb, n_batch, bias_like(weight_hh))
-        dfc_w = reduce_members(lw2, n_batch, fc_weight)
-        dfc_b = reduce_members(lb2, n_batch, fc_bias)
+        )  # fmt: skip
         return None, None, dw_ih, dw_hh, db, db.clone(), dfc_w, dfc_b
 
 
@@ -202,66 +305,25 @@ class ElmanLossFunction(torch.autograd.Function):
         l2_weight: torch.Tensor,
         l2_bias: torch.Tensor,
     ) -> torch.Tensor:
-        n_batch, n_steps, _ = x.shape
-        n_members, n_hidden, _ = hr_weight.shape
-        n_seq, n_out = n_members * n_batch, l2_weight.shape[1]
-        xn, tn = _np(x), _np(target)
-        w1, b1, wr, br = (_np(t) for t in (l1_weight, l1_bias, hr_weight, hr_bias))
-        w2, b2 = _np(l2_weight), _np(l2_bias)
-        a = np.empty((n_seq, n_steps, n_hidden), dtype=xn.dtype)
-        hs = np.empty_like(a)
-        h = np.empty((n_seq, n_hidden), dtype=xn.dtype)
-        err = np.empty((n_seq, n_steps, n_out))
-        sq = np.empty(n_seq)
-        groups = sequence_groups(n_seq)
-
-        def work(n0: int, n1: int) -> None:
-            _project_forward(xn, w1, b1, n_batch, n0, a[n0:n1])
-            _elman_forward(a[n0:n1], wr, br, n_batch, n0, h[n0:n1], True, hs[n0:n1])
-            _readout_forward(hs[n0:n1], w2, b2, tn, n_batch, n0, err[n0:n1], sq[n0:n1])
-
-        run_groups(work, groups)
-        ctx.state = (xn, wr, w2, hs, err, groups, n_batch)
-        ctx.shapes = (l1_weight, l1_bias, hr_weight, hr_bias, l2_weight, l2_bias)
-        return _losses(sq, n_members, n_batch, n_batch * n_steps * n_out, x.dtype)
+        weights = (l1_weight, l1_bias, hr_weight, hr_bias, l2_weight, l2_bias)
+        ctx.pass_ = work = _ElmanPass(x, target, weights)
+        run_groups(work.forward, work.groups)
+        ctx.shapes = weights
+        return work.losses(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dloss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        xn, wr, w2, hs, err, groups, n_batch = ctx.state
-        l1_weight, l1_bias, hr_weight, hr_bias, l2_weight, l2_bias = ctx.shapes
-        n_seq, n_steps, n_hidden = hs.shape
-        n_out = w2.shape[1]
-        scale = dloss.detach().double().numpy() * 2.0 / (n_batch * n_steps * n_out)
-        lanes = {
-            "w1": np.empty((n_seq, *l1_weight.shape[1:])),
-            "b1": np.empty((n_seq, n_hidden)),
-            "wr": np.empty((n_seq, n_hidden, n_hidden)),
-            "br": np.empty((n_seq, n_hidden)),
-            "w2": np.empty((n_seq, *l2_weight.shape[1:])),
-            "b2": np.empty((n_seq, n_out)),
-        }
-
-        def work(n0: int, n1: int) -> None:
-            part = {k: v[n0:n1] for k, v in lanes.items()}
-            dhs = np.empty((n1 - n0, n_steps, n_hidden))
-            _readout_backward(
-                hs[n0:n1], err[n0:n1], w2, scale, n_batch, n0, dhs, part["w2"], part["b2"]
-            )
-            da = np.empty((n1 - n0, n_steps, n_hidden))
-            _elman_backward(dhs, hs[n0:n1], wr, n_batch, n0, da, part["wr"], part["br"])
-            _project_backward(xn, da, n_batch, n0, part["w1"], part["b1"])
-
-        run_groups(work, groups)
+        work: _ElmanPass = ctx.pass_
+        weights = ctx.shapes
+        scale = _scale(dloss.detach().double().numpy(), work.count)
+        work.make_lanes(weights)
+        run_groups(lambda n0, n1: work.backward(n0, n1, scale), work.groups)
         grads = [
-            reduce_members(lanes[k], n_batch, like)
-            for k, like in zip(
-                ("w1", "b1", "wr", "br", "w2", "b2"),
-                (l1_weight, l1_bias, hr_weight, hr_bias, l2_weight, l2_bias),
-                strict=True,
-            )
+            reduce_members(lane, work.n_batch, like)
+            for lane, like in zip(work.lanes, weights, strict=True)
         ]
-        if n_steps == 1:  # one step never uses hr: no gradient, as in the reference
+        if work.n_steps == 1:  # one step never uses hr: no gradient, as in the reference
             grads[2] = grads[3] = None  # type: ignore[call-overload]
         return None, None, *grads
 
@@ -276,8 +338,7 @@ def _check_loss(x: torch.Tensor, target: torch.Tensor, n_out: int) -> None:
 def lstm_population_mse(x: torch.Tensor, target: torch.Tensor, *weights: torch.Tensor) -> Any:
     """[K]: each member's MSE; weights: stacked weight_ih, weight_hh, bias_ih, bias_hh, fc."""
     _check_loss(x, target, weights[4].shape[1])
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "fc.weight", "fc.bias")
-    for name, t in zip(names, weights, strict=True):
+    for name, t in zip(LSTM_NAMES, weights, strict=True):
         _check(name, t, x.dtype, tuple(t.shape))
     return LSTMLossFunction.apply(x, target, *weights)
 
@@ -285,7 +346,76 @@ def lstm_population_mse(x: torch.Tensor, target: torch.Tensor, *weights: torch.T
 def elman_population_mse(x: torch.Tensor, target: torch.Tensor, *weights: torch.Tensor) -> Any:
     """[K]: each member's MSE; weights: stacked l1, hr and l2 weights and biases."""
     _check_loss(x, target, weights[4].shape[1])
-    names = ("l1.weight", "l1.bias", "hr.weight", "hr.bias", "l2.weight", "l2.bias")
-    for name, t in zip(names, weights, strict=True):
+    for name, t in zip(ELMAN_NAMES, weights, strict=True):
         _check(name, t, x.dtype, tuple(t.shape))
     return ElmanLossFunction.apply(x, target, *weights)
+
+
+def _forward_backward(work: _LSTMPass | _ElmanPass, weights: Any) -> None:
+    """Both halves of a pass, each group's backward right after its forward (one hand-off
+    per group), for dL/d(loss_m) = 1: the gradient of the sum of the members' losses."""
+    scale = _scale(np.ones(work.n_members), work.count)
+    work.make_lanes(weights)
+
+    def both(n0: int, n1: int) -> None:
+        work.forward(n0, n1)
+        work.backward(n0, n1, scale)
+
+    run_groups(both, work.groups)
+
+
+def _check_grads(names: tuple[str, ...], weights: Any, grads: Any, x: torch.Tensor) -> None:
+    for name, w, g in zip(names, weights, grads, strict=True):
+        _check(f"{name} gradient", g, x.dtype, tuple(w.shape))
+        if not g.is_contiguous():
+            raise ValueError(f"{name} gradient must be contiguous: it is written in place")
+
+
+def lstm_population_grads(
+    x: torch.Tensor, target: torch.Tensor, weights: Any, grads: Any
+) -> torch.Tensor:
+    """[K]: each member's MSE, as `lstm_population_mse`; writes into `grads` (one tensor per
+    weight, same shapes) the gradient of their sum, i.e. what `.sum().backward()` on that
+    would leave in the weights' .grad, bit for bit, without autograd (no graph, one thread
+    hand-off per group instead of two)."""
+    _check_loss(x, target, weights[4].shape[1])
+    for name, t in zip(LSTM_NAMES, weights, strict=True):
+        _check(name, t, x.dtype, tuple(t.shape))
+    _check_grads(LSTM_NAMES, weights, grads, x)
+    work = _LSTMPass(x, target, weights)
+    _forward_backward(work, weights)
+    targets = (grads[0], grads[1], grads[2], grads[4], grads[5])
+    for lane, out in zip(work.lanes, targets, strict=True):
+        reduce_members_into(lane, work.n_batch, out)
+    grads[3].copy_(grads[2])  # b_ih and b_hh enter every gate as a sum
+    return work.losses(x.dtype)
+
+
+def elman_population_grads(
+    x: torch.Tensor, target: torch.Tensor, weights: Any, grads: Any
+) -> torch.Tensor:
+    """As `lstm_population_grads`, for stacked l1, hr and l2 weights and biases. For a
+    one-step x the hr gradients are zeros here, where autograd gives none (the caller
+    decides: an optimizer skips a parameter without .grad)."""
+    _check_loss(x, target, weights[4].shape[1])
+    for name, t in zip(ELMAN_NAMES, weights, strict=True):
+        _check(name, t, x.dtype, tuple(t.shape))
+    _check_grads(ELMAN_NAMES, weights, grads, x)
+    work = _ElmanPass(x, target, weights)
+    _forward_backward(work, weights)
+    for lane, out in zip(work.lanes, grads, strict=True):
+        reduce_members_into(lane, work.n_batch, out)
+    return work.losses(x.dtype)
+
+
+def population_sse(kind: str, x: torch.Tensor, target: torch.Tensor, weights: Any) -> np.ndarray:
+    """[K] float64: each member's sum of squared errors over (x, target), no autograd, in
+    one pass of compiled loops (recurrence, read-out, error) per group of sequences.
+    `kind` "lstm" or "elman", weights as `*_population_mse` takes them."""
+    _check_loss(x, target, weights[4].shape[1])
+    names = LSTM_NAMES if kind == "lstm" else ELMAN_NAMES
+    for name, t in zip(names, weights, strict=True):
+        _check(name, t, x.dtype, tuple(t.shape))
+    work = (_LSTMPass if kind == "lstm" else _ElmanPass)(x, target, weights)
+    run_groups(work.forward_only, work.groups)
+    return work.sq.reshape(work.n_members, work.n_batch).sum(axis=1)  # sequence order
