@@ -66,25 +66,35 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
 
 
 @_njit(inline="always")
-def _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z):
+def _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, st, z, xr):
     """Step t for the whole population in place: z[4P] ← the activated gates (layout of
-    `_lstm_setup`), and c, tc = tanh(c), h [P] ← step t's from step t-1's."""
-    units = h.shape[0]
+    `_lstm_setup`), and st[0] = c, st[1] = tanh(c), st[2] = h [P] ← step t's from step t-1's.
+
+    Shapes the compiler vectorizes: every loop over the 4P gate lanes is flat with the
+    input or hidden index outside it (x_t's rows are first copied to xr[B, I]), and the cell
+    update reads z and writes one state array only.
+    """
+    units = st.shape[1]
+    for bi in range(xr.shape[0]):
+        for k in range(xr.shape[1]):
+            xr[bi, k] = x[bi, t, k]
     for q in range(z.shape[0]):
-        s = biasx[q]
-        for k in range(wix.shape[0]):
-            s += wix[k, q] * x[xb[q], t, k]
-        z[q] = s
+        z[q] = biasx[q]
+    for k in range(wix.shape[0]):
+        for q in range(z.shape[0]):
+            z[q] += wix[k, q] * xr[xb[q], k]
     for k in range(whx.shape[0]):
         for q in range(z.shape[0]):
-            z[q] += whx[k, q] * h[hb[q] + k]
+            z[q] += whx[k, q] * st[2, hb[q] + k]
     for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
         a = scale[q]
         z[q] = a / (1.0 + _exp(-a * z[q])) - (a - 1.0)
     for p in range(units):  # unit p's i, f, g, o: z[p], z[P + p], z[2P + p], z[3P + p]
-        c[p] = z[units + p] * c[p] + z[p] * z[2 * units + p]
-        tc[p] = 1.0 - 2.0 / (_exp(2.0 * c[p]) + 1.0)
-        h[p] = z[3 * units + p] * tc[p]
+        c = z[units + p] * st[0, p] + z[p] * z[2 * units + p]
+        tc = 1.0 - 2.0 / (_exp(2.0 * c) + 1.0)
+        st[0, p] = c
+        st[1, p] = tc
+        st[2, p] = z[3 * units + p] * tc
 
 
 @_njit
@@ -92,24 +102,23 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
     """hs[N',T,H] of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m on row b of
     x[B,T,I]) from zero initial state; keeps, for the backward pass, the activated
     gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and tcs = tanh(cs)."""
-    n_batch, n_steps, _ = x.shape
+    n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    h = np.zeros(units)  # float64 state, rounded to the storage type in hs/cs
-    c = np.zeros(units)
-    tc = np.zeros(units)
+    st = np.zeros((3, units))  # float64 state (c, tanh c, h), rounded to the storage type
     z = np.zeros(4 * units)
+    xr = np.zeros((n_batch, n_input))
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, st, z, xr)
         for q in range(4 * units):
             gates[t, q] = z[q]
         for p in range(units):
-            cs[t, p] = c[p]
-            tcs[t, p] = tc[p]
+            cs[t, p] = st[0, p]
+            tcs[t, p] = st[1, p]
         for n in range(n_seq):
             for j in range(n_hidden):
-                hs[n, t, j] = h[n * n_hidden + j]
+                hs[n, t, j] = st[2, n * n_hidden + j]
 
 
 @_njit
@@ -117,27 +126,26 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
     """hs[N',T,H] of sequences n0 … n0+N'-1 from x[B,T,I]; h_io[N',H] and c_io[N',H] carry
     their state in and out. Stores no gates or cells: memory is hs plus O(N'·G).
     """
-    n_batch, n_steps, _ = x.shape
+    n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, hb, xb, _ = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    h = np.zeros(units)
-    c = np.zeros(units)
+    st = np.zeros((3, units))
     for n in range(n_seq):
         for j in range(n_hidden):
-            h[n * n_hidden + j] = h_io[n, j]
-            c[n * n_hidden + j] = c_io[n, j]
-    tc = np.zeros(units)
+            st[2, n * n_hidden + j] = h_io[n, j]
+            st[0, n * n_hidden + j] = c_io[n, j]
     z = np.zeros(4 * units)
+    xr = np.zeros((n_batch, n_input))
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, h, c, tc, z)
+        _lstm_step(x, t, wix, whx, biasx, scale, hb, xb, st, z, xr)
         for n in range(n_seq):
             for j in range(n_hidden):
-                hs[n, t, j] = h[n * n_hidden + j]
+                hs[n, t, j] = st[2, n * n_hidden + j]
     for n in range(n_seq):
         for j in range(n_hidden):
-            h_io[n, j] = h[n * n_hidden + j]
-            c_io[n, j] = c[n * n_hidden + j]
+            h_io[n, j] = st[2, n * n_hidden + j]
+            c_io[n, j] = st[0, n * n_hidden + j]
 
 
 @_njit
@@ -169,10 +177,15 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
     dxt = np.zeros((n_batch, n_input))
     dh = np.zeros(units)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
     dc_carry = np.zeros(units)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
+    xr = np.zeros((n_batch, n_input))  # x_t's rows, then h_{t-1}'s per sequence
+    hr = np.zeros((n_seq, n_hidden))
     for t in range(n_steps - 1, -1, -1):
         for n in range(n_seq):
             for j in range(n_hidden):
                 dh[n * n_hidden + j] += dhs[n, t, j]
+        for bi in range(n_batch):
+            for k in range(n_input):
+                xr[bi, k] = x[bi, t, k]
         for p in range(units):
             i = np.float64(gates[t, p])
             f = np.float64(gates[t, units + p])
@@ -188,8 +201,9 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
             dc_carry[p] = dc * f
         for q in range(4 * units):
             dbx[q] += dz[q]
-            for k in range(n_input):
-                dwix[k, q] += dz[q] * x[xb[q], t, k]
+        for k in range(n_input):
+            for q in range(4 * units):
+                dwix[k, q] += dz[q] * xr[xb[q], k]
         if want_dx:
             dxt[:] = 0.0
             for n in range(n_seq):
@@ -206,9 +220,12 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
                     dx[bi, t, k] = dxt[bi, k]
         if t == 0:
             break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
+        for n in range(n_seq):
+            for k in range(n_hidden):
+                hr[n, k] = hs[n, t - 1, k]
         for k in range(n_hidden):
             for q in range(4 * units):
-                dwhx[k, q] += dz[q] * hs[nb[q], t - 1, k]
+                dwhx[k, q] += dz[q] * hr[nb[q], k]
                 prod[k, q] = whx[k, q] * dz[q]
         # dh[n·H + k] = Σ over gate and j of W_hh[gate·H + j, k] dz[gate·P + n·H + j]
         for n in range(n_seq):
