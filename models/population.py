@@ -173,9 +173,12 @@ class Population(nn.Module):
             grads.append(g if ok and g.is_contiguous() else torch.empty_like(p))
         x, target = x.contiguous(), target.contiguous()
         with torch.no_grad():
-            fn = kernels.elman_population_grads if self.kind == "elman" else None
-            fn = fn or kernels.lstm_population_grads
-            losses = fn(x, target, [p.detach() for p in weights], grads)
+            fused = (
+                kernels.elman_population_grads
+                if self.kind == "elman"
+                else kernels.lstm_population_grads
+            )
+            losses = fused(x, target, [p.detach() for p in weights], grads)
         for p, g in zip(weights, grads, strict=True):
             p.grad = g
         if self.kind == "elman" and x.shape[1] == 1:
