@@ -235,7 +235,9 @@ def _member_mse(pop: Population, X: torch.Tensor, T: torch.Tensor) -> list[float
     total = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
     for i in range(0, X.shape[0], EVAL_BATCH):
         total += pop.sse(X[i : i + EVAL_BATCH], T[i : i + EVAL_BATCH]).to(X.device)
-    return (total / T.numel()).tolist()
+    # Summed in float64, reported at the data's precision like the training loss: a mean
+    # beyond float32's range is inf (a diverged member), not a finite 1e40.
+    return (total / T.numel()).to(X.dtype).double().tolist()
 
 
 def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
