@@ -132,21 +132,18 @@ def _losses(sq: np.ndarray, n_members: int, n_batch: int, count: int, dtype: tor
 # same bits, minus the autograd machinery, which costs as much as the kernels for 2 units.
 
 
-class _LSTMPass:
-    """A batch's arrays (numpy views of the tensors) and per-sequence results for the LSTM."""
+class _Pass:
+    """What both networks' passes share: the batch as numpy arrays, each sequence's errors
+    err[N,T,O] and summed squares sq[N], the sequence groups, the gradient lanes."""
 
-    def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, n_members: int, n_out: int) -> None:
         self.xn, self.tn = _np(x), _np(target)
-        self.w = [_np(t) for t in weights[:4]]  # weight_ih, weight_hh, bias_ih, bias_hh
-        self.w2, self.b2 = _np(weights[4]), _np(weights[5])
         self.n_batch, self.n_steps, _ = x.shape
-        self.n_members, _, self.n_hidden = weights[1].shape
-        self.n_seq, self.n_out = self.n_members * self.n_batch, weights[4].shape[1]
-        self.hs = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
-        self.err = np.empty((self.n_seq, self.n_steps, self.n_out))
+        self.n_members, self.n_out = n_members, n_out
+        self.n_seq = n_members * self.n_batch
+        self.err = np.empty((self.n_seq, self.n_steps, n_out))
         self.sq = np.empty(self.n_seq)
         self.groups = sequence_groups(self.n_seq)
-        self.saved: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self.lanes: list[np.ndarray] = []
 
     @property
@@ -156,28 +153,36 @@ class _LSTMPass:
     def losses(self, dtype: torch.dtype) -> Any:
         return _losses(self.sq, self.n_members, self.n_batch, self.count, dtype)
 
+    def _readout(self, n0: int, n1: int, w2: np.ndarray, b2: np.ndarray, hs: np.ndarray) -> None:
+        rows = slice(n0, n1)
+        _readout_forward(hs[rows], w2, b2, self.tn, self.n_batch, n0, self.err[rows], self.sq[rows])
+
+
+class _LSTMPass(_Pass):
+    """A batch's arrays (numpy views of the tensors) and per-sequence results for the LSTM."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
+        n_members, _, self.n_hidden = weights[1].shape
+        super().__init__(x, target, n_members, weights[4].shape[1])
+        self.w = [_np(t) for t in weights[:4]]  # weight_ih, weight_hh, bias_ih, bias_hh
+        self.w2, self.b2 = _np(weights[4]), _np(weights[5])
+        self.hs = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
+        self.saved: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+
     def forward(self, n0: int, n1: int) -> None:
         units = (n1 - n0) * self.n_hidden
         cs = np.empty((self.n_steps, units), dtype=self.xn.dtype)
         tcs = np.empty_like(cs)
         gates = np.empty((self.n_steps, 4 * units), dtype=self.xn.dtype)
-        rows = slice(n0, n1)
-        _lstm_forward_train(self.xn, *self.w, n0, self.hs[rows], cs, tcs, gates)
-        _readout_forward(
-            self.hs[rows], self.w2, self.b2, self.tn, self.n_batch, n0, self.err[rows],
-            self.sq[rows],
-        )  # fmt: skip
+        _lstm_forward_train(self.xn, *self.w, n0, self.hs[n0:n1], cs, tcs, gates)
+        self._readout(n0, n1, self.w2, self.b2, self.hs)
         self.saved[(n0, n1)] = (cs, tcs, gates)
 
     def forward_only(self, n0: int, n1: int) -> None:
         """The errors without what the backward pass needs (no gates or cells kept)."""
-        rows = slice(n0, n1)
         h = np.zeros((n1 - n0, self.n_hidden), dtype=self.xn.dtype)
-        _lstm_forward_infer(self.xn, *self.w, n0, h, h.copy(), self.hs[rows])
-        _readout_forward(
-            self.hs[rows], self.w2, self.b2, self.tn, self.n_batch, n0, self.err[rows],
-            self.sq[rows],
-        )  # fmt: skip
+        _lstm_forward_infer(self.xn, *self.w, n0, h, h.copy(), self.hs[n0:n1])
+        self._readout(n0, n1, self.w2, self.b2, self.hs)
 
     def make_lanes(self, weights: Any) -> None:
         """Per-sequence gradient sums: W_ih, W_hh, bias, fc weight, fc bias."""
@@ -198,37 +203,22 @@ class _LSTMPass:
         )  # fmt: skip
 
 
-class _ElmanPass:
+class _ElmanPass(_Pass):
     """A batch's arrays and per-sequence results for the Elman network (l1, hr, l2)."""
 
     def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
-        self.xn, self.tn = _np(x), _np(target)
+        n_members, self.n_hidden, _ = weights[2].shape
+        super().__init__(x, target, n_members, weights[4].shape[1])
         self.w1, self.b1, self.wr, self.br, self.w2, self.b2 = (_np(t) for t in weights)
-        self.n_batch, self.n_steps, _ = x.shape
-        self.n_members, self.n_hidden, _ = weights[2].shape
-        self.n_seq, self.n_out = self.n_members * self.n_batch, weights[4].shape[1]
         self.a = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
         self.hs = np.empty_like(self.a)
         self.h = np.empty((self.n_seq, self.n_hidden), dtype=self.xn.dtype)
-        self.err = np.empty((self.n_seq, self.n_steps, self.n_out))
-        self.sq = np.empty(self.n_seq)
-        self.groups = sequence_groups(self.n_seq)
-        self.lanes: list[np.ndarray] = []
-
-    @property
-    def count(self) -> int:
-        return self.n_batch * self.n_steps * self.n_out
-
-    def losses(self, dtype: torch.dtype) -> Any:
-        return _losses(self.sq, self.n_members, self.n_batch, self.count, dtype)
 
     def forward(self, n0: int, n1: int) -> None:
         rows, nb = slice(n0, n1), self.n_batch
         _project_forward(self.xn, self.w1, self.b1, nb, n0, self.a[rows])
         _elman_forward(self.a[rows], self.wr, self.br, nb, n0, self.h[rows], True, self.hs[rows])
-        _readout_forward(
-            self.hs[rows], self.w2, self.b2, self.tn, nb, n0, self.err[rows], self.sq[rows]
-        )
+        self._readout(n0, n1, self.w2, self.b2, self.hs)
 
     forward_only = forward
 
@@ -328,30 +318,31 @@ class ElmanLossFunction(torch.autograd.Function):
         return None, None, *grads
 
 
-def _check_loss(x: torch.Tensor, target: torch.Tensor, n_out: int) -> None:
+def _check_loss(
+    x: torch.Tensor, target: torch.Tensor, names: tuple[str, ...], weights: Any
+) -> None:
+    """x [B,T,I], target [B,T,O] and the weights (stacked, `names` order): one dtype, CPU."""
     if x.dim() != 3:
         raise ValueError(f"x must be [batch, time, input], got {tuple(x.shape)}")
     _check("x", x, x.dtype, tuple(x.shape))
-    _check("target", target, x.dtype, (x.shape[0], x.shape[1], n_out))
+    _check("target", target, x.dtype, (x.shape[0], x.shape[1], weights[4].shape[1]))
+    for name, t in zip(names, weights, strict=True):
+        _check(name, t, x.dtype, tuple(t.shape))
 
 
 def lstm_population_mse(x: torch.Tensor, target: torch.Tensor, *weights: torch.Tensor) -> Any:
     """[K]: each member's MSE; weights: stacked weight_ih, weight_hh, bias_ih, bias_hh, fc."""
-    _check_loss(x, target, weights[4].shape[1])
-    for name, t in zip(LSTM_NAMES, weights, strict=True):
-        _check(name, t, x.dtype, tuple(t.shape))
+    _check_loss(x, target, LSTM_NAMES, weights)
     return LSTMLossFunction.apply(x, target, *weights)
 
 
 def elman_population_mse(x: torch.Tensor, target: torch.Tensor, *weights: torch.Tensor) -> Any:
     """[K]: each member's MSE; weights: stacked l1, hr and l2 weights and biases."""
-    _check_loss(x, target, weights[4].shape[1])
-    for name, t in zip(ELMAN_NAMES, weights, strict=True):
-        _check(name, t, x.dtype, tuple(t.shape))
+    _check_loss(x, target, ELMAN_NAMES, weights)
     return ElmanLossFunction.apply(x, target, *weights)
 
 
-def _forward_backward(work: _LSTMPass | _ElmanPass, weights: Any) -> None:
+def _forward_backward(work: _Pass, weights: Any) -> None:
     """Both halves of a pass, each group's backward right after its forward (one hand-off
     per group), for dL/d(loss_m) = 1: the gradient of the sum of the members' losses."""
     scale = _scale(np.ones(work.n_members), work.count)
@@ -378,9 +369,7 @@ def lstm_population_grads(
     weight, same shapes) the gradient of their sum, i.e. what `.sum().backward()` on that
     would leave in the weights' .grad, bit for bit, without autograd (no graph, one thread
     hand-off per group instead of two)."""
-    _check_loss(x, target, weights[4].shape[1])
-    for name, t in zip(LSTM_NAMES, weights, strict=True):
-        _check(name, t, x.dtype, tuple(t.shape))
+    _check_loss(x, target, LSTM_NAMES, weights)
     _check_grads(LSTM_NAMES, weights, grads, x)
     work = _LSTMPass(x, target, weights)
     _forward_backward(work, weights)
@@ -397,9 +386,7 @@ def elman_population_grads(
     """As `lstm_population_grads`, for stacked l1, hr and l2 weights and biases. For a
     one-step x the hr gradients are zeros here, where autograd gives none (the caller
     decides: an optimizer skips a parameter without .grad)."""
-    _check_loss(x, target, weights[4].shape[1])
-    for name, t in zip(ELMAN_NAMES, weights, strict=True):
-        _check(name, t, x.dtype, tuple(t.shape))
+    _check_loss(x, target, ELMAN_NAMES, weights)
     _check_grads(ELMAN_NAMES, weights, grads, x)
     work = _ElmanPass(x, target, weights)
     _forward_backward(work, weights)
@@ -412,10 +399,7 @@ def population_sse(kind: str, x: torch.Tensor, target: torch.Tensor, weights: An
     """[K] float64: each member's sum of squared errors over (x, target), no autograd, in
     one pass of compiled loops (recurrence, read-out, error) per group of sequences.
     `kind` "lstm" or "elman", weights as `*_population_mse` takes them."""
-    _check_loss(x, target, weights[4].shape[1])
-    names = LSTM_NAMES if kind == "lstm" else ELMAN_NAMES
-    for name, t in zip(names, weights, strict=True):
-        _check(name, t, x.dtype, tuple(t.shape))
+    _check_loss(x, target, LSTM_NAMES if kind == "lstm" else ELMAN_NAMES, weights)
     work = (_LSTMPass if kind == "lstm" else _ElmanPass)(x, target, weights)
     run_groups(work.forward_only, work.groups)
     return work.sq.reshape(work.n_members, work.n_batch).sum(axis=1)  # sequence order
