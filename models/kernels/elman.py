@@ -18,22 +18,27 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
-from models.kernels.glue import _check, _np, reduce_members, run_groups, sequence_groups
+from models.kernels.glue import (
+    _check,
+    _expand,
+    _np,
+    reduce_members,
+    run_groups,
+    sequence_groups,
+)
 
 
 @_njit(inline="always")
-def _elman_setup(w, b, n_batch, n0, n_seq, n_steps):
+def _elman_setup(w, b, n_batch, n0, n_seq):
     """Constants over the flat state of sequences n0 … n0+n_seq-1 (sequence n = m·B + b of
     member m), u = n'·H + j for local n' = n - n0: wx[k, u] = W_m[j, k], bx[u] = b_m[j],
-    hb[u] = n'·H (where its state starts), jj[u] = j, and off[u] = n'·T·H + j (where its
-    step-0 value sits in the group's flat [n_seq, T, H] arrays)."""
+    hb[u] = n'·H (where its state starts) and jj[u] = j."""
     n_hidden = w.shape[1]
     units = n_seq * n_hidden
     wx = np.zeros((n_hidden, units))
     bx = np.zeros(units)
     hb = np.zeros(units, dtype=np.int64)
     jj = np.zeros(units, dtype=np.int64)
-    off = np.zeros(units, dtype=np.int64)
     for local in range(n_seq):
         m = (n0 + local) // n_batch
         for j in range(n_hidden):
@@ -41,10 +46,33 @@ def _elman_setup(w, b, n_batch, n0, n_seq, n_steps):
             bx[u] = b[m, j]
             hb[u] = local * n_hidden
             jj[u] = j
-            off[u] = local * n_steps * n_hidden + j
             for k in range(n_hidden):
                 wx[k, u] = w[m, j, k]
-    return wx, bx, hb, jj, off
+    return wx, bx, hb, jj
+
+
+_CHUNK = 32  # time steps moved between the [N', T, H] arrays and time-major buffers at once
+
+
+@_njit(inline="always")
+def _load(src, t0, t1, dst, row0):
+    """dst[row0 + s, n·H + j] = src[n, t0 + s, j] for s < t1 - t0: a time chunk of [N',T,H]
+    laid out time-major, so that a step's loop over units reads one contiguous row."""
+    n_hidden = src.shape[2]
+    for n in range(src.shape[0]):
+        for s in range(t1 - t0):
+            for j in range(n_hidden):
+                dst[row0 + s, n * n_hidden + j] = src[n, t0 + s, j]
+
+
+@_njit(inline="always")
+def _store(src, t0, t1, dst):
+    """dst[n, t0 + s, j] = src[s, n·H + j]: a time-major chunk back into [N',T,H]."""
+    n_hidden = dst.shape[2]
+    for n in range(dst.shape[0]):
+        for s in range(t1 - t0):
+            for j in range(n_hidden):
+                dst[n, t0 + s, j] = src[s, n * n_hidden + j]
 
 
 @_njit
@@ -54,32 +82,46 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
 
     With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
     is ignored on entry; otherwise `h` holds the step before a[:, 0] (chunked inference).
+    Time runs in chunks of _CHUNK steps whose a and hs are copied to and from time-major
+    buffers, so each step's loops are flat and contiguous over the units (no gathers); the
+    arithmetic per unit is unchanged.
     """
     n_seq, n_steps, n_hidden = a.shape
-    wx, bx, hb, _, off = _elman_setup(w, b, n_batch, n0, n_seq, n_steps)
-    af = a.reshape(a.size)
-    hsf = hs.reshape(hs.size)
+    wx, bx, _, _ = _elman_setup(w, b, n_batch, n0, n_seq)
     hf = h.reshape(h.size)
     units = hf.size
     state = np.empty(units)  # float64 state, rounded to the storage type in hs
+    he = np.empty((n_hidden, units))  # `_expand`(state)
     z = np.empty(units)
+    ac = np.empty((_CHUNK, units))
+    hc = np.empty((_CHUNK, units))
     for u in range(units):
         state[u] = hf[u]
-    for t in range(n_steps):
-        if t == 0 and start:
-            for u in range(units):
-                z[u] = af[off[u]]
-        else:
-            for u in range(units):  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
-                z[u] = bx[u]
-            for k in range(n_hidden):
+    _expand(state, n_hidden, he)
+    for t0 in range(0, n_steps, _CHUNK):
+        t1 = min(n_steps, t0 + _CHUNK)
+        _load(a, t0, t1, ac, 0)
+        for t in range(t0, t1):
+            s = t - t0
+            if t == 0 and start:
                 for u in range(units):
-                    z[u] += wx[k, u] * state[hb[u] + k]
+                    z[u] = ac[s, u]
+            else:
+                for u in range(
+                    units
+                ):  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
+                    z[u] = bx[u]
+                for k in range(n_hidden):
+                    for u in range(units):
+                        z[u] += wx[k, u] * he[k, u]
+                for u in range(units):
+                    z[u] += ac[s, u]
             for u in range(units):
-                z[u] += af[off[u] + t * n_hidden]
-        for u in range(units):
-            state[u] = 1.0 - 2.0 / (_exp(2.0 * z[u]) + 1.0)
-            hsf[off[u] + t * n_hidden] = state[u]
+                v = 1.0 - 2.0 / (_exp(2.0 * z[u]) + 1.0)
+                state[u] = v
+                hc[s, u] = v
+            _expand(state, n_hidden, he)
+        _store(hc, t0, t1, hs)
     for u in range(units):
         hf[u] = state[u]
 
@@ -92,38 +134,50 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
-    kept per lane in float64.
+    kept per lane in float64. Time runs backwards in chunks through time-major buffers, as
+    in `_elman_forward`.
     """
     n_seq, n_steps, n_hidden = hs.shape
-    wx, _, hb, jj, off = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq, n_steps)  # (no bias)
-    dhsf = dhs.reshape(dhs.size)
-    hsf = hs.reshape(hs.size)
-    daf = da.reshape(da.size)
+    wx, _, hb, jj = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
     units = n_seq * n_hidden
     dwx = np.zeros((n_hidden, units))
     dbx = np.zeros(units)
     dz = np.zeros(units)
     prod = np.zeros((n_hidden, units))
     carry = np.zeros(units)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
-    for t in range(n_steps - 1, -1, -1):
-        for u in range(units):
-            i = off[u] + t * n_hidden
-            h = np.float64(hsf[i])
-            dz[u] = (dhsf[i] + carry[u]) * (1.0 - h * h)
-            daf[i] = dz[u]
-        if t == 0:
-            break
-        for u in range(units):
-            dbx[u] += dz[u]
-        for k in range(n_hidden):
+    he = np.empty((n_hidden, units))  # `_expand`(h_{t-1})
+    hc = np.empty((_CHUNK + 1, units))  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
+    dc = np.empty((_CHUNK, units))
+    dac = np.empty((_CHUNK, units))
+    t1 = n_steps
+    while t1 > 0:
+        t0 = max(0, t1 - _CHUNK)
+        _load(hs, t0, t1, hc, 1)
+        if t0 > 0:
+            _load(hs, t0 - 1, t0, hc, 0)
+        _load(dhs, t0, t1, dc, 0)
+        for t in range(t1 - 1, t0 - 1, -1):
+            s = t - t0
             for u in range(units):
-                dwx[k, u] += dz[u] * hsf[off[u] - jj[u] + (t - 1) * n_hidden + k]
-                prod[k, u] = wx[k, u] * dz[u]
-        for u in range(units):  # carry[n·H + k] = Σ_j W[j, k] dz[n·H + j]
-            s = 0.0
-            for j in range(n_hidden):
-                s += prod[jj[u], hb[u] + j]
-            carry[u] = s
+                h = hc[s + 1, u]
+                dz[u] = (dc[s, u] + carry[u]) * (1.0 - h * h)
+                dac[s, u] = dz[u]
+            if t == 0:
+                break
+            for u in range(units):
+                dbx[u] += dz[u]
+            _expand(hc[s], n_hidden, he)
+            for k in range(n_hidden):
+                for u in range(units):
+                    dwx[k, u] += dz[u] * he[k, u]
+                    prod[k, u] = wx[k, u] * dz[u]
+            for u in range(units):  # carry[n·H + k] = Σ_j W[j, k] dz[n·H + j]
+                s2 = 0.0
+                for j in range(n_hidden):
+                    s2 += prod[jj[u], hb[u] + j]
+                carry[u] = s2
+        _store(dac, t0, t1, da)
+        t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
             u = local * n_hidden + j

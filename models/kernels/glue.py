@@ -61,17 +61,33 @@ def sequence_groups(n_seq: int) -> list[tuple[int, int]]:
 
 
 def run_groups(fn: Callable[[int, int], None], groups: list[tuple[int, int]]) -> None:
-    """fn(start, stop) for every group: in the pool when there are several."""
+    """fn(start, stop) for every group: the first in the calling thread, the others in the
+    pool at the same time (the caller works instead of sleeping while a pool thread wakes)."""
     global _pool
     if len(groups) == 1:
         fn(*groups[0])
         return
     with _pool_lock:
-        if _pool is None or _pool._max_workers < len(groups):  # type: ignore[attr-defined]
-            _pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="rnnlab-k")
+        if _pool is None or _pool._max_workers < len(groups) - 1:  # type: ignore[attr-defined]
+            _pool = ThreadPoolExecutor(max_workers=len(groups) - 1, thread_name_prefix="rnnlab-k")
         pool = _pool
-    for future in [pool.submit(fn, a, b) for a, b in groups]:
-        future.result()
+    futures = [pool.submit(fn, a, b) for a, b in groups[1:]]
+    try:
+        fn(*groups[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
+@_njit(inline="always")
+def _expand(v, n_hidden, out):
+    """out[k, n·H + j] = v[n·H + k] for every j: each sequence's state value k repeated over
+    its H units, so that a kernel's loop over units reads it at the unit's own position
+    (contiguous, vectorized) instead of gathering it unit by unit."""
+    for k in range(out.shape[0]):
+        for n in range(out.shape[1] // n_hidden):
+            for j in range(n_hidden):
+                out[k, n * n_hidden + j] = v[n * n_hidden + k]
 
 
 @_njit
