@@ -39,8 +39,9 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
     per-step loop is one flat loop over the group (LLVM vectorizes `_exp`):
 
     wix[k, q] = W_ih[m, gate·H + j, k], whx[k, q] = W_hh[m, gate·H + j, k], biasx[q] = b_ih +
-    b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates; and per unit
-    p = n'·H + j of the flat [P] state, xb[p] = b (its sequence's row of x).
+    b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, xb[q] = b (the
+    lane's row of x) and sb[q] = n' (its sequence); xb[:P] and sb[:P] are those of the
+    units p = n'·H + j of the flat [P] state.
     """
     n_hidden = w_hh.shape[2]
     n_input = w_ih.shape[2]
@@ -49,7 +50,8 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
     whx = np.zeros((n_hidden, 4 * units))
     biasx = np.zeros(4 * units)
     scale = np.ones(4 * units)
-    xb = np.zeros(units, dtype=np.int64)
+    xb = np.zeros(4 * units, dtype=np.int64)
+    sb = np.zeros(4 * units, dtype=np.int64)
     for gate in range(4):
         for local in range(n_seq):
             m = (n0 + local) // n_batch
@@ -62,45 +64,65 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
                     wix[k, q] = w_ih[m, r, k]
                 for k in range(n_hidden):
                     whx[k, q] = w_hh[m, r, k]
-                if gate == 0:
-                    xb[local * n_hidden + j] = bi
+                xb[q] = bi
+                sb[q] = local
         if gate == 2:
             scale[2 * units : 3 * units] = 2.0
-    return wix, whx, biasx, scale, xb
+    return wix, whx, biasx, scale, xb, sb
 
 
 @_njit(inline="always")
 def _rows(x, t, xb, xe):
-    """xe[k, p] = x[b, t, k] for unit p of a sequence on row b (xb[p] = b)."""
+    """xe[k, p] = x[b, t, k] for unit p of a sequence on row b (xb[p] = b, p < P)."""
     for k in range(xe.shape[0]):
         for p in range(xe.shape[1]):
             xe[k, p] = x[xb[p], t, k]
 
 
-@_njit(inline="always")
-def _lstm_step(x, t, wix, whx, biasx, scale, xb, st, z, xe, he):
-    """Step t for the whole population in place: z[4P] ← the activated gates (layout of
-    `_lstm_setup`), st[0] = c, st[1] = tanh(c), st[2] = h [P] ← step t's from step t-1's,
-    and he ← `_expand`(h).
+# Up to this many units (P = sequences · H) a step's loops run flat over the 4P gate lanes and
+# gather each lane's x and h values; beyond, they run per gate block over the P units and read
+# x and h laid out per unit (no gathers, but 4 × (I + H) short loops a step instead of I + H).
+# Measured on 2 cores: below ~12 units the per-loop cost wins, above it the gathers'. Both ways
+# do the same operations in the same order per lane: the same bits.
+_WIDE_UNITS = 12
 
-    Shapes the compiler vectorizes: every loop is flat over the P units of one gate block,
-    with the input or hidden index outside it, reading x_t and h_{t-1} laid out per unit
-    (xe[I, P] and he[H, P]: a sequence's values repeated over its units) instead of
-    gathering them lane by lane; the cell update reads z and writes one state array only.
-    Per lane the sums run bias, x terms, h terms, as before the layout changed.
+
+@_njit(inline="always")
+def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
+    """Step t for the whole population in place: z[4P] ← the activated gates (layout of
+    `_lstm_setup`), st[0] = c, st[1] = tanh(c), st[2] = h [P] ← step t's from step t-1's.
+
+    Shapes the compiler vectorizes: every loop is flat, with the input or hidden index
+    outside it. With few units (P ≤ _WIDE_UNITS) over the 4P lanes, gathering x_t (its rows
+    first copied to xr[B, I]) and h_{t-1}; otherwise per gate block over the P units, reading
+    xe[I, P] and he[H, P] (`_expand`(h), kept up to date here): a sequence's values repeated
+    over its units. The cell update reads z and writes one state array only. Per lane the
+    sums run bias, x terms, h terms either way.
     """
     units = st.shape[1]
-    _rows(x, t, xb, xe)
+    n_hidden = he.shape[0]
     for q in range(z.shape[0]):
         z[q] = biasx[q]
-    for gate in range(4):
-        base = gate * units
-        for k in range(xe.shape[0]):
-            for p in range(units):
-                z[base + p] += wix[k, base + p] * xe[k, p]
-        for k in range(he.shape[0]):
-            for p in range(units):
-                z[base + p] += whx[k, base + p] * he[k, p]
+    if units > _WIDE_UNITS:
+        _rows(x, t, xb, xe)
+        for gate in range(4):
+            base = gate * units
+            for k in range(xe.shape[0]):
+                for p in range(units):
+                    z[base + p] += wix[k, base + p] * xe[k, p]
+            for k in range(n_hidden):
+                for p in range(units):
+                    z[base + p] += whx[k, base + p] * he[k, p]
+    else:
+        for bi in range(xr.shape[0]):
+            for k in range(xr.shape[1]):
+                xr[bi, k] = x[bi, t, k]
+        for k in range(xr.shape[1]):
+            for q in range(z.shape[0]):
+                z[q] += wix[k, q] * xr[xb[q], k]
+        for k in range(n_hidden):
+            for q in range(z.shape[0]):
+                z[q] += whx[k, q] * st[2, sb[q] * n_hidden + k]
     for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
         a = scale[q]
         z[q] = a / (1.0 + _exp(-a * z[q])) - (a - 1.0)
@@ -110,7 +132,8 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, st, z, xe, he):
         st[0, p] = c
         st[1, p] = tc
         st[2, p] = z[3 * units + p] * tc
-    _expand(st[2], he.shape[0], he)
+    if units > _WIDE_UNITS:
+        _expand(st[2], n_hidden, he)
 
 
 @_njit
@@ -120,14 +143,15 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
     gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and tcs = tanh(cs)."""
     n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, xb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
+    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
     st = np.zeros((3, units))  # float64 state (c, tanh c, h), rounded to the storage type
     z = np.zeros(4 * units)
+    xr = np.zeros((n_batch, n_input))
     xe = np.zeros((n_input, units))
     he = np.zeros((n_hidden, units))
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, st, z, xe, he)
+        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
         for q in range(4 * units):
             gates[t, q] = z[q]
         for p in range(units):
@@ -145,7 +169,7 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
     """
     n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, xb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
+    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
     st = np.zeros((3, units))
     for n in range(n_seq):
@@ -153,11 +177,12 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
             st[2, n * n_hidden + j] = h_io[n, j]
             st[0, n * n_hidden + j] = c_io[n, j]
     z = np.zeros(4 * units)
+    xr = np.zeros((n_batch, n_input))
     xe = np.zeros((n_input, units))
     he = np.zeros((n_hidden, units))
     _expand(st[2], n_hidden, he)
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, st, z, xe, he)
+        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
         for n in range(n_seq):
             for j in range(n_hidden):
                 hs[n, t, j] = st[2, n * n_hidden + j]
@@ -187,7 +212,8 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
     units = n_seq * n_hidden
     # (the biases do not enter the backward pass: any [K, G] array stands in for them)
     b_any = w_ih[:, :, 0]
-    wix, whx, _, _, xb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
+    wix, whx, _, _, xb, sb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
+    wide = units > _WIDE_UNITS
     dwix = np.zeros((n_input, 4 * units))
     dwhx = np.zeros((n_hidden, 4 * units))
     dbx = np.zeros(4 * units)
@@ -195,14 +221,16 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
     dxt = np.zeros((n_batch, n_input))
     dh = np.zeros(units)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
     dc_carry = np.zeros(units)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
-    xe = np.zeros((n_input, units))  # x_t and h_{t-1} laid out per unit, as in `_lstm_step`
+    xr = np.zeros((n_batch, n_input))  # x_t and h_{t-1}, as `_lstm_step` reads them
+    hr = np.zeros((n_seq, n_hidden))
+    xe = np.zeros((n_input, units))
     he = np.zeros((n_hidden, units))
     hprev = np.zeros(units)
+    prod = np.zeros((n_hidden, 4 * units))
     for t in range(n_steps - 1, -1, -1):
         for n in range(n_seq):
             for j in range(n_hidden):
                 dh[n * n_hidden + j] += dhs[n, t, j]
-        _rows(x, t, xb, xe)
         for p in range(units):
             i = np.float64(gates[t, p])
             f = np.float64(gates[t, units + p])
@@ -218,11 +246,20 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
             dc_carry[p] = dc * f
         for q in range(4 * units):
             dbx[q] += dz[q]
-        for gate in range(4):
-            base = gate * units
+        if wide:
+            _rows(x, t, xb, xe)
+            for gate in range(4):
+                base = gate * units
+                for k in range(n_input):
+                    for p in range(units):
+                        dwix[k, base + p] += dz[base + p] * xe[k, p]
+        else:
+            for bi in range(n_batch):
+                for k in range(n_input):
+                    xr[bi, k] = x[bi, t, k]
             for k in range(n_input):
-                for p in range(units):
-                    dwix[k, base + p] += dz[base + p] * xe[k, p]
+                for q in range(4 * units):
+                    dwix[k, q] += dz[q] * xr[xb[q], k]
         if want_dx:
             dxt[:] = 0.0
             for n in range(n_seq):
@@ -239,27 +276,44 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
                     dx[bi, t, k] = dxt[bi, k]
         if t == 0:
             break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
-        for n in range(n_seq):
-            for k in range(n_hidden):
-                hprev[n * n_hidden + k] = hs[n, t - 1, k]
-        _expand(hprev, n_hidden, he)
-        for k in range(n_hidden):
-            for gate in range(4):
-                base = gate * units
-                for p in range(units):
-                    dwhx[k, base + p] += dz[base + p] * he[k, p]
-        # dh[n·H + k] = Σ over gate, then j, of W_hh[gate·H + j, k] dz[gate·P + n·H + j]:
-        # every sequence n at once (the loop over n innermost, vectorized), each sum in that
-        # order from 0.
-        for k in range(n_hidden):
+        if wide:
             for n in range(n_seq):
-                dh[n * n_hidden + k] = 0.0
-            for gate in range(4):
-                for j in range(n_hidden):
-                    base = gate * units + j
-                    for n in range(n_seq):
-                        q = base + n * n_hidden
-                        dh[n * n_hidden + k] += whx[k, q] * dz[q]
+                for k in range(n_hidden):
+                    hprev[n * n_hidden + k] = hs[n, t - 1, k]
+            _expand(hprev, n_hidden, he)
+            for k in range(n_hidden):
+                for gate in range(4):
+                    base = gate * units
+                    for p in range(units):
+                        dwhx[k, base + p] += dz[base + p] * he[k, p]
+            # dh[n·H + k] = Σ over gate, then j, of W_hh[gate·H + j, k] dz[gate·P + n·H + j]:
+            # every sequence n at once (the loop over n innermost), each sum in that order
+            # from 0, as below.
+            for k in range(n_hidden):
+                for n in range(n_seq):
+                    dh[n * n_hidden + k] = 0.0
+                for gate in range(4):
+                    for j in range(n_hidden):
+                        base = gate * units + j
+                        for n in range(n_seq):
+                            q = base + n * n_hidden
+                            dh[n * n_hidden + k] += whx[k, q] * dz[q]
+        else:
+            for n in range(n_seq):
+                for k in range(n_hidden):
+                    hr[n, k] = hs[n, t - 1, k]
+            for k in range(n_hidden):
+                for q in range(4 * units):
+                    dwhx[k, q] += dz[q] * hr[sb[q], k]
+                    prod[k, q] = whx[k, q] * dz[q]
+            for n in range(n_seq):
+                for k in range(n_hidden):
+                    s = 0.0
+                    for gate in range(4):
+                        base = gate * units + n * n_hidden
+                        for j in range(n_hidden):
+                            s += prod[k, base + j]
+                    dh[n * n_hidden + k] = s
     for n in range(n_seq):
         for gate in range(4):
             for j in range(n_hidden):
