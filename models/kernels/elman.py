@@ -19,9 +19,12 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit
 from models.kernels.glue import (
+    _CHUNK,
     _check,
     _expand,
+    _load,
     _np,
+    _store,
     reduce_members,
     run_groups,
     sequence_groups,
@@ -49,30 +52,6 @@ def _elman_setup(w, b, n_batch, n0, n_seq):
             for k in range(n_hidden):
                 wx[k, u] = w[m, j, k]
     return wx, bx, hb, jj
-
-
-_CHUNK = 32  # time steps moved between the [N', T, H] arrays and time-major buffers at once
-
-
-@_njit(inline="always")
-def _load(src, t0, t1, dst, row0):
-    """dst[row0 + s, n·H + j] = src[n, t0 + s, j] for s < t1 - t0: a time chunk of [N',T,H]
-    laid out time-major, so that a step's loop over units reads one contiguous row."""
-    n_hidden = src.shape[2]
-    for n in range(src.shape[0]):
-        for s in range(t1 - t0):
-            for j in range(n_hidden):
-                dst[row0 + s, n * n_hidden + j] = src[n, t0 + s, j]
-
-
-@_njit(inline="always")
-def _store(src, t0, t1, dst):
-    """dst[n, t0 + s, j] = src[s, n·H + j]: a time-major chunk back into [N',T,H]."""
-    n_hidden = dst.shape[2]
-    for n in range(dst.shape[0]):
-        for s in range(t1 - t0):
-            for j in range(n_hidden):
-                dst[n, t0 + s, j] = src[s, n * n_hidden + j]
 
 
 @_njit

@@ -90,6 +90,31 @@ def _expand(v, n_hidden, out):
                 out[k, n * n_hidden + j] = v[n * n_hidden + k]
 
 
+# Time steps moved at once between a kernel's [N', T, H] arrays and its time-major buffers.
+_CHUNK = 32
+
+
+@_njit(inline="always")
+def _load(src, t0, t1, dst, row0):
+    """dst[row0 + s, n·H + j] = src[n, t0 + s, j] for s < t1 - t0: a time chunk of [N',T,H]
+    laid out time-major, so that a step's loop over units reads one contiguous row."""
+    n_hidden = src.shape[2]
+    for n in range(src.shape[0]):
+        for s in range(t1 - t0):
+            for j in range(n_hidden):
+                dst[row0 + s, n * n_hidden + j] = src[n, t0 + s, j]
+
+
+@_njit(inline="always")
+def _store(src, t0, t1, dst):
+    """dst[n, t0 + s, j] = src[s, n·H + j]: a time-major chunk back into [N',T,H]."""
+    n_hidden = dst.shape[2]
+    for n in range(dst.shape[0]):
+        for s in range(t1 - t0):
+            for j in range(n_hidden):
+                dst[n, t0 + s, j] = src[s, n * n_hidden + j]
+
+
 @_njit
 def _reduce_lanes(lanes, n_batch, out):
     """out[m, c] = Σ_b lanes[m·B + b, c] in sequence order: a member's gradient from its

@@ -75,8 +75,8 @@ def _assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: floa
 # --- the autograd Functions -----------------------------------------------------------------
 
 
-# (2, 70, 2): the kernels move time in chunks of 32 steps; this crosses two chunk edges and
-# ends in a partial chunk, forward and backward.
+# (2, 70, 2): the kernels move time in chunks of 32 steps (glue._CHUNK); this crosses two
+# chunk edges and ends in a partial chunk, forward and backward.
 @pytest.mark.parametrize("shape", [(2, 6, 3), (1, 1, 1), (3, 4, 1), (2, 70, 2)])
 def test_elman_function_gradcheck(shape: tuple[int, int, int]) -> None:
     b, t, h = shape
@@ -97,7 +97,8 @@ def _lstm_args(b: int, t: int, h: int, n_in: int = 2, seed: int = 4) -> list[tor
     ]
 
 
-@pytest.mark.parametrize("shape", [(2, 6, 3), (1, 1, 1), (3, 4, 1), (4, 3, 2)])
+# (2, 40, 2) crosses a 32-step chunk edge of the kernels' time-major buffers.
+@pytest.mark.parametrize("shape", [(2, 6, 3), (1, 1, 1), (3, 4, 1), (4, 3, 2), (2, 40, 2)])
 def test_lstm_function_gradcheck(shape: tuple[int, int, int]) -> None:
     # Gradients for x, W_ih, W_hh, b_ih and b_hh, the input projection folded in.
     args = _lstm_args(*shape)
