@@ -11,8 +11,10 @@ stays an nn.Linear.
 
 Shapes: B batch, T time steps, I inputs, H hidden units, G = 4H LSTM gate rows (order i, f,
 g, o as in `torch.nn.LSTM`). All arrays are C-contiguous; float32 and float64 are both
-compiled (float64 for gradcheck). No loop runs in parallel threads: see `_njit` for why not
-`prange` (the LSTM loops do a step's whole batch at once, vectorized, instead).
+compiled (float64 for gradcheck), and each computes in its arrays' type (float32 fills 8 lanes
+of an AVX2 vector, float64 4), with the gradients' sums over time in float64. No loop runs
+in parallel threads: see `_njit` for why not `prange` (the LSTM loops do a step's whole batch
+at once, vectorized, instead).
 
 A population of K members (independent networks of one kind, trained side by side on the
 same batches) is one more leading dimension of the weights and outputs: `elman_population`,

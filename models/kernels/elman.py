@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from models.kernels.compile import _exp, _njit
+from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
     _check,
@@ -38,8 +38,8 @@ def _elman_setup(w, b, n_batch, n0, n_seq):
     hb[u] = n'·H (where its state starts) and jj[u] = j."""
     n_hidden = w.shape[1]
     units = n_seq * n_hidden
-    wx = np.zeros((n_hidden, units))
-    bx = np.zeros(units)
+    wx = np.zeros((n_hidden, units), dtype=w.dtype)  # in the storage type, as the arithmetic
+    bx = np.zeros(units, dtype=w.dtype)
     hb = np.zeros(units, dtype=np.int64)
     jj = np.zeros(units, dtype=np.int64)
     for local in range(n_seq):
@@ -69,11 +69,14 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
     wx, bx, _, _ = _elman_setup(w, b, n_batch, n0, n_seq)
     hf = h.reshape(h.size)
     units = hf.size
-    state = np.empty(units)  # float64 state, rounded to the storage type in hs
-    he = np.empty((n_hidden, units))  # `_expand`(state)
-    z = np.empty(units)
-    ac = np.empty((_CHUNK, units))
-    hc = np.empty((_CHUNK, units))
+    wt = hs.dtype  # arithmetic in the storage type
+    one = _one(hs)
+    two = one + one
+    state = np.empty(units, dtype=wt)
+    he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(state)
+    z = np.empty(units, dtype=wt)
+    ac = np.empty((_CHUNK, units), dtype=wt)
+    hc = np.empty((_CHUNK, units), dtype=wt)
     for u in range(units):
         state[u] = hf[u]
     _expand(state, n_hidden, he)
@@ -96,7 +99,7 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
                 for u in range(units):
                     z[u] += ac[s, u]
             for u in range(units):
-                v = 1.0 - 2.0 / (_exp(2.0 * z[u]) + 1.0)
+                v = one - two / (_exp(two * z[u]) + one)
                 state[u] = v
                 hc[s, u] = v
             _expand(state, n_hidden, he)
@@ -119,15 +122,17 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
     n_seq, n_steps, n_hidden = hs.shape
     wx, _, hb, jj = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
     units = n_seq * n_hidden
+    wt = hs.dtype  # per-step arithmetic in the storage type; dwx and dbx sum in float64
+    one = _one(hs)
     dwx = np.zeros((n_hidden, units))
     dbx = np.zeros(units)
-    dz = np.zeros(units)
-    prod = np.zeros((n_hidden, units))
-    carry = np.zeros(units)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
-    he = np.empty((n_hidden, units))  # `_expand`(h_{t-1})
-    hc = np.empty((_CHUNK + 1, units))  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
-    dc = np.empty((_CHUNK, units))
-    dac = np.empty((_CHUNK, units))
+    dz = np.zeros(units, dtype=wt)
+    prod = np.zeros((n_hidden, units), dtype=wt)
+    carry = np.zeros(units, dtype=wt)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
+    he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(h_{t-1})
+    hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
+    dc = np.empty((_CHUNK, units), dtype=wt)
+    dac = np.empty((_CHUNK, units), dtype=wt)
     t1 = n_steps
     while t1 > 0:
         t0 = max(0, t1 - _CHUNK)
@@ -139,7 +144,7 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
             s = t - t0
             for u in range(units):
                 h = hc[s + 1, u]
-                dz[u] = (dc[s, u] + carry[u]) * (1.0 - h * h)
+                dz[u] = (dc[s, u] + carry[u]) * (one - h * h)
                 dac[s, u] = dz[u]
             if t == 0:
                 break
@@ -151,7 +156,7 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
                     dwx[k, u] += dz[u] * he[k, u]
                     prod[k, u] = wx[k, u] * dz[u]
             for u in range(units):  # carry[n·H + k] = Σ_j W[j, k] dz[n·H + j]
-                s2 = 0.0
+                s2 = one - one
                 for j in range(n_hidden):
                     s2 += prod[jj[u], hb[u] + j]
                 carry[u] = s2

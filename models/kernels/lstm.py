@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from models.kernels.compile import _exp, _njit
+from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _check,
     _expand,
@@ -46,10 +46,11 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
     n_hidden = w_hh.shape[2]
     n_input = w_ih.shape[2]
     units = n_seq * n_hidden
-    wix = np.zeros((n_input, 4 * units))
-    whx = np.zeros((n_hidden, 4 * units))
-    biasx = np.zeros(4 * units)
-    scale = np.ones(4 * units)
+    wt = w_hh.dtype  # the arithmetic's type: the storage type (float32, or float64)
+    wix = np.zeros((n_input, 4 * units), dtype=wt)
+    whx = np.zeros((n_hidden, 4 * units), dtype=wt)
+    biasx = np.zeros(4 * units, dtype=wt)
+    scale = np.ones(4 * units, dtype=wt)
     xb = np.zeros(4 * units, dtype=np.int64)
     sb = np.zeros(4 * units, dtype=np.int64)
     for gate in range(4):
@@ -103,6 +104,8 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
     """
     units = st.shape[1]
     n_hidden = he.shape[0]
+    one = _one(z)
+    two = one + one
     for q in range(z.shape[0]):
         z[q] = biasx[q]
     if units > _WIDE_UNITS:
@@ -127,10 +130,10 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
                 z[q] += whx[k, q] * st[2, sb[q] * n_hidden + k]
     for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
         a = scale[q]
-        z[q] = a / (1.0 + _exp(-a * z[q])) - (a - 1.0)
+        z[q] = a / (one + _exp(-a * z[q])) - (a - one)
     for p in range(units):  # unit p's i, f, g, o: z[p], z[P + p], z[2P + p], z[3P + p]
         c = z[units + p] * st[0, p] + z[p] * z[2 * units + p]
-        tc = 1.0 - 2.0 / (_exp(2.0 * c) + 1.0)
+        tc = one - two / (_exp(two * c) + one)
         st[0, p] = c
         st[1, p] = tc
         st[2, p] = z[3 * units + p] * tc
@@ -147,11 +150,12 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    st = np.zeros((3, units))  # float64 state (c, tanh c, h), rounded to the storage type
-    z = np.zeros(4 * units)
-    xr = np.zeros((n_batch, n_input))
-    xe = np.zeros((n_input, units))
-    he = np.zeros((n_hidden, units))
+    wt = hs.dtype  # arithmetic in the storage type
+    st = np.zeros((3, units), dtype=wt)  # state: c, tanh c, h
+    z = np.zeros(4 * units, dtype=wt)
+    xr = np.zeros((n_batch, n_input), dtype=wt)
+    xe = np.zeros((n_input, units), dtype=wt)
+    he = np.zeros((n_hidden, units), dtype=wt)
     for t in range(n_steps):
         _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
         for q in range(4 * units):
@@ -173,15 +177,16 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    st = np.zeros((3, units))
+    wt = hs.dtype
+    st = np.zeros((3, units), dtype=wt)
     for n in range(n_seq):
         for j in range(n_hidden):
             st[2, n * n_hidden + j] = h_io[n, j]
             st[0, n * n_hidden + j] = c_io[n, j]
-    z = np.zeros(4 * units)
-    xr = np.zeros((n_batch, n_input))
-    xe = np.zeros((n_input, units))
-    he = np.zeros((n_hidden, units))
+    z = np.zeros(4 * units, dtype=wt)
+    xr = np.zeros((n_batch, n_input), dtype=wt)
+    xe = np.zeros((n_input, units), dtype=wt)
+    he = np.zeros((n_hidden, units), dtype=wt)
     _expand(st[2], n_hidden, he)
     for t in range(n_steps):
         _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
@@ -219,32 +224,37 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
     dwix = np.zeros((n_input, 4 * units))
     dwhx = np.zeros((n_hidden, 4 * units))
     dbx = np.zeros(4 * units)
-    dz = np.zeros(4 * units)
+    # Per-step arithmetic in the storage type, as the forward pass; the sums over time
+    # (dwix, dwhx, dbx, and dx's per step) in float64.
+    wt = hs.dtype
+    one = _one(hs)
+    zero = one - one
+    dz = np.zeros(4 * units, dtype=wt)
     dxt = np.zeros((n_batch, n_input))
-    dh = np.zeros(units)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
-    dc_carry = np.zeros(units)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
-    xr = np.zeros((n_batch, n_input))  # x_t and h_{t-1}, as `_lstm_step` reads them
-    hr = np.zeros((n_seq, n_hidden))
-    xe = np.zeros((n_input, units))
-    he = np.zeros((n_hidden, units))
-    hprev = np.zeros(units)
-    prod = np.zeros((n_hidden, 4 * units))
+    dh = np.zeros(units, dtype=wt)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
+    dc_carry = np.zeros(units, dtype=wt)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
+    xr = np.zeros((n_batch, n_input), dtype=wt)  # x_t and h_{t-1}, as `_lstm_step` reads them
+    hr = np.zeros((n_seq, n_hidden), dtype=wt)
+    xe = np.zeros((n_input, units), dtype=wt)
+    he = np.zeros((n_hidden, units), dtype=wt)
+    hprev = np.zeros(units, dtype=wt)
+    prod = np.zeros((n_hidden, 4 * units), dtype=wt)
     for t in range(n_steps - 1, -1, -1):
         for n in range(n_seq):
             for j in range(n_hidden):
                 dh[n * n_hidden + j] += dhs[n, t, j]
         for p in range(units):
-            i = np.float64(gates[t, p])
-            f = np.float64(gates[t, units + p])
-            g = np.float64(gates[t, 2 * units + p])
-            o = np.float64(gates[t, 3 * units + p])
-            c_prev = np.float64(cs[t - 1, p]) if t > 0 else 0.0
-            tc = np.float64(tcs[t, p])
-            dc = dc_carry[p] + dh[p] * o * (1.0 - tc * tc)
-            dz[p] = dc * g * i * (1.0 - i)
-            dz[units + p] = dc * c_prev * f * (1.0 - f)
-            dz[2 * units + p] = dc * i * (1.0 - g * g)
-            dz[3 * units + p] = dh[p] * tc * o * (1.0 - o)
+            i = gates[t, p]
+            f = gates[t, units + p]
+            g = gates[t, 2 * units + p]
+            o = gates[t, 3 * units + p]
+            c_prev = cs[t - 1, p] if t > 0 else zero
+            tc = tcs[t, p]
+            dc = dc_carry[p] + dh[p] * o * (one - tc * tc)
+            dz[p] = dc * g * i * (one - i)
+            dz[units + p] = dc * c_prev * f * (one - f)
+            dz[2 * units + p] = dc * i * (one - g * g)
+            dz[3 * units + p] = dh[p] * tc * o * (one - o)
             dc_carry[p] = dc * f
         for q in range(4 * units):
             dbx[q] += dz[q]
@@ -293,7 +303,7 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
             # from 0, as below.
             for k in range(n_hidden):
                 for n in range(n_seq):
-                    dh[n * n_hidden + k] = 0.0
+                    dh[n * n_hidden + k] = zero
                 for gate in range(4):
                     for j in range(n_hidden):
                         base = gate * units + j
@@ -310,7 +320,7 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
                     prod[k, q] = whx[k, q] * dz[q]
             for n in range(n_seq):
                 for k in range(n_hidden):
-                    s = 0.0
+                    s = zero
                     for gate in range(4):
                         base = gate * units + n * n_hidden
                         for j in range(n_hidden):

@@ -9,12 +9,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
 from numba.core import config as numba_config
 
 from models import TrainConfig, build_model, kernels, make_splits, predict, train
+from models.kernels.compile import _exp
 from models.networks import reference_mode
 
 KINDS = ("elman", "lstm")
@@ -124,8 +126,9 @@ def test_lstm_function_without_input_gradient() -> None:
     assert with_x[3].data_ptr() != with_x[4].data_ptr()  # but not one shared tensor
 
 
-def test_lstm_kernel_propagates_nan_and_saturates() -> None:
-    args = [a.detach() for a in _lstm_args(2, 4, 2)]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_kernel_propagates_nan_and_saturates(dtype: torch.dtype) -> None:
+    args = [a.detach().to(dtype) for a in _lstm_args(2, 4, 2)]
     x = args[0].clone()
     x[1, 2, 0] = float("nan")
     y = kernels.lstm_recurrence(x, *args[1:])
@@ -133,6 +136,34 @@ def test_lstm_kernel_propagates_nan_and_saturates() -> None:
     assert torch.isnan(y[1, 2:]).all()
     big = kernels.lstm_recurrence(1e6 * args[0], *args[1:])  # exp far out of range
     assert torch.isfinite(big).all() and big.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lo", "hi", "tol"),
+    [(np.float32, -87.0, 88.0, 2e-7), (np.float64, -708.0, 709.0, 5e-16)],
+)
+def test_exp_computes_in_its_arguments_type(dtype: type, lo: float, hi: float, tol: float) -> None:
+    # The kernels' vectorizable exp: float32 arguments get float32 arithmetic (the models'
+    # type), float64 ones float64; both close to the exact value, saturating out of range.
+    @numba.njit
+    def apply(z, out):  # type: ignore[no-untyped-def]
+        for i in range(z.size):
+            out[i] = _exp(z[i])
+
+    one = numba.njit(lambda v: _exp(v))
+    one(dtype(1.0))
+    assert one.nopython_signatures[0].return_type == numba.from_dtype(np.dtype(dtype))
+    z = np.linspace(lo, hi, 200_001).astype(dtype)
+    out = np.empty_like(z)
+    apply(z, out)
+    exact = np.exp(z.astype(np.float64))
+    assert out.dtype == dtype
+    assert float(np.max(np.abs(out - exact) / exact)) <= tol
+    edges = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0], dtype=dtype)
+    out = np.empty_like(edges)
+    apply(edges, out)
+    assert np.isnan(out[0]) and out[5] == 1.0
+    assert np.isfinite(out[1:5]).all() and out[1] == out[3] > 1e37 and 0 < out[2] == out[4] < 1e-37
 
 
 def test_rnn_tanh_path_gradcheck() -> None:
