@@ -88,10 +88,8 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
             if t == 0 and start:
                 for u in range(units):
                     z[u] = ac[s, u]
-            else:
-                for u in range(
-                    units
-                ):  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
+            else:  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
+                for u in range(units):
                     z[u] = bx[u]
                 for k in range(n_hidden):
                     for u in range(units):
