@@ -104,52 +104,27 @@ _LN2_LO = 1.90821492927058770002e-10
 _TWO52 = 4503599627370496.0  # 2^52: k + 2^52 + 1023 holds k + 1023 in its low mantissa bits
 
 
-@intrinsic
-def _float_from_bits(typingctx: Any, bits: Any) -> Any:
-    """The float64 whose IEEE bit pattern is the int64 `bits` (a register bitcast)."""
-    if bits != types.int64:
-        return None
+def _bitcast(name: str, src: Any, dst: Any) -> Any:
+    """An intrinsic `name(x)`: the `dst` value with the IEEE bit pattern of the `src` value x
+    (one register bitcast, no conversion)."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], llvm_ir.DoubleType())
+    def typer(typingctx: Any, x: Any) -> Any:
+        if x != src:
+            return None
 
-    return types.float64(types.int64), codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
+        return dst(src), codegen
 
-@intrinsic
-def _bits_from_float(typingctx: Any, x: Any) -> Any:
-    """The int64 holding the IEEE bit pattern of the float64 `x` (a register bitcast)."""
-    if x != types.float64:
-        return None
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], llvm_ir.IntType(64))
-
-    return types.int64(types.float64), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def _float32_from_bits(typingctx: Any, bits: Any) -> Any:
-    """The float32 whose IEEE bit pattern is the int32 `bits`."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], llvm_ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def _bits_from_float32(typingctx: Any, x: Any) -> Any:
-    """The int32 holding the IEEE bit pattern of the float32 `x`."""
-    if x != types.float32:
-        return None
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], llvm_ir.IntType(32))
-
-    return types.int32(types.float32), codegen
+_float_from_bits = _bitcast("_float_from_bits", types.int64, types.float64)
+_bits_from_float = _bitcast("_bits_from_float", types.float64, types.int64)
+_float32_from_bits = _bitcast("_float32_from_bits", types.int32, types.float32)
+_bits_from_float32 = _bitcast("_bits_from_float32", types.float32, types.int32)
 
 
 @intrinsic
