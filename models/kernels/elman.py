@@ -24,6 +24,9 @@ from models.kernels.glue import (
     _expand,
     _load,
     _np,
+    _readout_chunk,
+    _readout_grad,
+    _seq_rows,
     _store,
     reduce_members,
     run_groups,
@@ -54,35 +57,70 @@ def _elman_setup(w, b, n_batch, n0, n_seq):
     return wx, bx, hb, jj
 
 
+@_njit(inline="always")
+def _project(x, t0, t1, mb, bb, w1, b1, ac):
+    """ac[s, n'·H + j] = l1(x_t)_j = b1 + W1 x_t of local sequence n' at step t = t0 + s, in
+    float64 rounded to the storage type: a chunk of the input projection, time-major."""
+    n_hidden = w1.shape[1]
+    for n in range(mb.shape[0]):
+        m = mb[n]
+        bi = bb[n]
+        for s in range(t1 - t0):
+            for j in range(n_hidden):
+                v = np.float64(b1[m, j])
+                for i in range(w1.shape[2]):
+                    v += np.float64(w1[m, j, i]) * x[bi, t0 + s, i]
+                ac[s, n * n_hidden + j] = v
+
+
 @_njit
-def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
-    """hs[N',T,H] of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row b) from
-    their a[N',T,H], w[K,H,H], b[K,H]; h[N',H] carries their state in and out.
+def _elman_forward(
+    a, project, x, w1, b1, w, b, n_batch, n0, h, start, keep_hs, hs, readout, w2, b2, target,
+    grads, err, sq, se, seh,
+):  # fmt: skip
+    """The Elman recurrence of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row
+    b) with w[K,H,H], b[K,H]; h[N',H] carries their state in and out; hs[N',T,H] gets their
+    states when `keep_hs`.
+
+    Each step's input a_t is a[N',T,H] given, or with `project` the input projection of
+    x[B,T,I] by w1[K,H,I], b1[K,H] computed here (`a` then unused). With `readout` each
+    step's read-out and error as `glue._readout_chunk` (sq, and with `grads` err, se, seh;
+    all zeroed here). Unused arguments may be any arrays of their types.
 
     With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
-    is ignored on entry; otherwise `h` holds the step before a[:, 0] (chunked inference).
-    Time runs in chunks of _CHUNK steps whose a and hs are copied to and from time-major
-    buffers, so each step's loops are flat and contiguous over the units (no gathers); the
-    arithmetic per unit is unchanged.
+    is ignored on entry; otherwise `h` holds the step before step 0 (chunked inference).
+    Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
+    time-major buffers, so each step's loops are flat and contiguous over the units (no
+    gathers); the arithmetic per unit is unchanged.
     """
-    n_seq, n_steps, n_hidden = a.shape
+    n_seq, n_hidden = h.shape
+    n_steps = x.shape[1] if project else a.shape[1]
     wx, bx, _, _ = _elman_setup(w, b, n_batch, n0, n_seq)
+    mb, bb = _seq_rows(n_batch, n0, n_seq)
     hf = h.reshape(h.size)
     units = hf.size
-    wt = hs.dtype  # arithmetic in the storage type
-    one = _one(hs)
+    wt = h.dtype  # arithmetic in the storage type
+    one = _one(h)
     two = one + one
     state = np.empty(units, dtype=wt)
     he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(state)
     z = np.empty(units, dtype=wt)
     ac = np.empty((_CHUNK, units), dtype=wt)
     hc = np.empty((_CHUNK, units), dtype=wt)
+    if readout:
+        sq[:] = 0.0
+        if grads:
+            se[:] = 0.0
+            seh[:] = 0.0
     for u in range(units):
         state[u] = hf[u]
     _expand(state, n_hidden, he)
     for t0 in range(0, n_steps, _CHUNK):
         t1 = min(n_steps, t0 + _CHUNK)
-        _load(a, t0, t1, ac, 0)
+        if project:
+            _project(x, t0, t1, mb, bb, w1, b1, ac)
+        else:
+            _load(a, t0, t1, ac, 0)
         for t in range(t0, t1):
             s = t - t0
             if t == 0 and start:
@@ -101,16 +139,27 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
                 state[u] = v
                 hc[s, u] = v
             _expand(state, n_hidden, he)
-        _store(hc, t0, t1, hs)
+        if keep_hs:
+            _store(hc, t0, t1, hs)
+        if readout:
+            hc3 = hc.reshape(_CHUNK, n_seq, n_hidden)
+            _readout_chunk(hc3, True, t0, t1, mb, bb, w2, b2, target, grads, err, sq, se, seh)
     for u in range(units):
         hf[u] = state[u]
 
 
 @_njit
-def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
-    """BPTT of sequences n0 … n0+N'-1: da[N',T,H], and per sequence the gradient sums
-    lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), from dL/dhs[N',T,H] and the
-    forward's hs[N',T,H]; `glue.reduce_members` adds up each member's sequences.
+def _elman_backward(
+    dhs, readout, err, w2, scale, project, x, hs, w, n_batch, n0, da, lw, lb, lw1, lb1
+):
+    """BPTT of sequences n0 … n0+N'-1 from the forward's hs[N',T,H]: per sequence the
+    gradient sums lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), which
+    `glue.reduce_members` adds up per member, and dL/da for the input projection a_t.
+
+    dL/dhs is dhs[N',T,H], or with `readout` the read-out's scale_m W2ᵀ err_t
+    (`glue._readout_grad`). dL/da goes to da[N',T,H], or with `project` into the input
+    projection's own sums lw1[N',H,I] = Σ_t da_t x_tᵀ and lb1[N',H] = Σ_t da_t (x[B,T,I];
+    `da` then unused). Unused arguments may be any arrays of their types.
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
@@ -119,6 +168,7 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
     """
     n_seq, n_steps, n_hidden = hs.shape
     wx, _, hb, jj = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
+    mb, bb = _seq_rows(n_batch, n0, n_seq)
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; dwx and dbx sum in float64
     one = _one(hs)
@@ -131,13 +181,22 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
     dc = np.empty((_CHUNK, units), dtype=wt)
     dac = np.empty((_CHUNK, units), dtype=wt)
+    if project:
+        lw1[:] = 0.0
+        lb1[:] = 0.0
     t1 = n_steps
     while t1 > 0:
         t0 = max(0, t1 - _CHUNK)
         _load(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
-        _load(dhs, t0, t1, dc, 0)
+        if readout:
+            for s in range(t1 - t0):
+                for n in range(n_seq):
+                    for j in range(n_hidden):
+                        dc[s, n * n_hidden + j] = _readout_grad(err, t0 + s, mb, w2, scale, n, j)
+        else:
+            _load(dhs, t0, t1, dc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             for u in range(units):
@@ -158,7 +217,17 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
                 for j in range(n_hidden):
                     s2 += prod[jj[u], hb[u] + j]
                 carry[u] = s2
-        _store(dac, t0, t1, da)
+        if project:
+            for n in range(n_seq):
+                bi = bb[n]
+                for s in range(t1 - t0):
+                    for j in range(n_hidden):
+                        d = np.float64(dac[s, n * n_hidden + j])
+                        lb1[n, j] += d
+                        for i in range(x.shape[2]):
+                            lw1[n, j, i] += d * x[bi, t0 + s, i]
+        else:
+            _store(dac, t0, t1, da)
         t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
@@ -180,8 +249,13 @@ def _forward_groups(
     an, wn, bn, hn, hsn = _np(a3), _np(weight), _np(bias), h.numpy(), hs.numpy()
     n_batch = a3.shape[0] // weight.shape[0]
 
-    def work(n0: int, n1: int) -> None:
-        _elman_forward(an[n0:n1], wn, bn, n_batch, n0, hn[n0:n1], start, hsn[n0:n1])
+    unused = np.zeros((1, 1, 1))
+
+    def work(n0: int, n1: int) -> None:  # a given, all of hs kept, no read-out
+        _elman_forward(
+            an[n0:n1], False, an, wn, bn, wn, bn, n_batch, n0, hn[n0:n1], start, True,
+            hsn[n0:n1], False, wn, bn, an, False, unused, unused[0, 0], unused[0], unused,
+        )  # fmt: skip
 
     run_groups(work, sequence_groups(a3.shape[0]))
 
@@ -223,11 +297,13 @@ class ElmanFunction(torch.autograd.Function):
         # Per-sequence gradient sums, filled by the groups, then added up per member.
         lw = np.empty((n_seq, *weight.shape[1:]))
         lb = np.empty((n_seq, weight.shape[1]))
+        unused = np.zeros((1, 1, 1))  # no read-out, no projection: from dhs to da
 
         def work(n0: int, n1: int) -> None:
             _elman_backward(
-                dhn[n0:n1], hn[n0:n1], wn, n_batch, n0, dan[n0:n1], lw[n0:n1], lb[n0:n1]
-            )
+                dhn[n0:n1], False, unused, wn, unused[0, 0], False, dhn, hn[n0:n1], wn,
+                n_batch, n0, dan[n0:n1], lw[n0:n1], lb[n0:n1], unused, unused[0],
+            )  # fmt: skip
 
         run_groups(work, sequence_groups(n_seq))
         dw = reduce_members(lw, n_batch, weight)

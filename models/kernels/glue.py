@@ -139,3 +139,76 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
 def reduce_members_into(lanes: np.ndarray, n_batch: int, out: torch.Tensor) -> None:
     """`reduce_members` written into `out` [K, …] (contiguous, on the CPU) in place."""
     _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+
+
+# --- the read-out inside the recurrence kernels ----------------------------------------------
+# The networks' read-out y = W2 h + b2 and its squared error against the target are computed
+# where a step's h is at hand, so no pass re-reads hs for them; their backward needs only
+# the errors (dL/dh_t = scale_m · W2ᵀ err_t) and two sums per sequence, Σ_t err_t and
+# Σ_t err_t h_tᵀ, from which dW2 = scale_m Σ_t err_t h_tᵀ and db2 = scale_m Σ_t err_t follow
+# once the loss's weights (scale_m) are known.
+
+
+@_njit(inline="always")
+def _seq_rows(n_batch, n0, n_seq):
+    """mb[n'] = member and bb[n'] = row of x of local sequence n' (sequence n0 + n')."""
+    mb = np.empty(n_seq, dtype=np.int64)
+    bb = np.empty(n_seq, dtype=np.int64)
+    for local in range(n_seq):
+        mb[local] = (n0 + local) // n_batch
+        bb[local] = (n0 + local) % n_batch
+    return mb, bb
+
+
+@_njit(inline="always")
+def _h_at(h3, time_major, n, t, t0, k):
+    """State k of local sequence n at step t from h3[s, n, k] (time-major, s = t - t0) or
+    from h3[n, t, k]."""
+    return h3[t - t0, n, k] if time_major else h3[n, t, k]
+
+
+@_njit(inline="always")
+def _readout_chunk(h3, time_major, t0, t1, mb, bb, w2, b2, target, grads, err, sq, se, seh):
+    """The read-out of steps t0 … t1-1 of every local sequence n from its states (`_h_at`),
+    in float64: e = W2_m h + b2_m - target[row, t]; sq[n] += e²; with `grads` also
+    err[n, t] = e, se[n] += e and seh[n, o, k] += e h_k (the sums the backward pass
+    scales). Each sequence's sums run in time order."""
+    n_hidden = w2.shape[2]
+    for n in range(mb.shape[0]):
+        m = mb[n]
+        bi = bb[n]
+        acc = sq[n]
+        for t in range(t0, t1):
+            for o in range(w2.shape[1]):
+                y = np.float64(b2[m, o])
+                for k in range(n_hidden):
+                    y += np.float64(w2[m, o, k]) * _h_at(h3, time_major, n, t, t0, k)
+                e = y - target[bi, t, o]
+                acc += e * e
+                if grads:
+                    err[n, t, o] = e
+                    se[n, o] += e
+                    for k in range(n_hidden):
+                        seh[n, o, k] += e * _h_at(h3, time_major, n, t, t0, k)
+        sq[n] = acc
+
+
+@_njit
+def _readout_forward(hs, w2, b2, target, n_batch, n0, err, sq, se, seh):
+    """`_readout_chunk` over all steps of sequences n0 … n0+N'-1 from their hs[N',T,H],
+    keeping err, se and seh (zeroed first, as sq)."""
+    mb, bb = _seq_rows(n_batch, n0, hs.shape[0])
+    sq[:] = 0.0
+    se[:] = 0.0
+    seh[:] = 0.0
+    _readout_chunk(hs, False, 0, hs.shape[1], mb, bb, w2, b2, target, True, err, sq, se, seh)
+
+
+@_njit(inline="always")
+def _readout_grad(err, t, mb, w2, scale, n, j):
+    """dL/dh_t of unit j of local sequence n: Σ_o scale_m err[n, t, o] W2_m[o, j] (float64)."""
+    m = mb[n]
+    d = 0.0
+    for o in range(w2.shape[1]):
+        d += scale[m] * err[n, t, o] * np.float64(w2[m, o, j])
+    return d

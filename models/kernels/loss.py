@@ -7,6 +7,13 @@ multiply-adds. Here one autograd Function gives each member's MSE for a batch, a
 backward every parameter's gradient, from compiled loops over the same sequence groups as the
 kernels (so results are the same bit for bit whatever the number of threads).
 
+Most of that work runs inside the recurrence kernels' own time loops, where each step's
+values are at hand: the Elman input projection and read-out in `_elman_forward`, the
+read-out's gradient dL/dh_t (from the errors) and the projection's gradient sums in the
+backward kernels, and the validation loss in `_lstm_sse` / `_elman_forward` without storing
+any state. The read-out's own gradient comes from two error sums per sequence kept by the
+forward pass (`glue._readout_chunk`), scaled by the loss's weight once that is known.
+
 Shapes as in the kernels: x[B,T,I], target[B,T,O]; K members; sequence n = m·B + b.
 """
 
@@ -18,11 +25,11 @@ import numpy as np
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from models.kernels.compile import _njit
 from models.kernels.elman import _elman_backward, _elman_forward
 from models.kernels.glue import (
     _check,
     _np,
+    _readout_forward,
     reduce_members,
     reduce_members_into,
     run_groups,
@@ -30,94 +37,13 @@ from models.kernels.glue import (
 )
 from models.kernels.lstm import (
     _lstm_backward,
-    _lstm_forward_infer,
     _lstm_forward_train,
+    _lstm_sse,
     bias_like,
 )
 
 LSTM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "fc.weight", "fc.bias")
 ELMAN_NAMES = ("l1.weight", "l1.bias", "hr.weight", "hr.bias", "l2.weight", "l2.bias")
-
-
-@_njit
-def _readout_forward(hs, w2, b2, target, n_batch, n0, err, sq):
-    """err[N',T,O] = W2 h + b2 - target and sq[N'] = each sequence's sum of squared errors."""
-    n_seq, n_steps, n_hidden = hs.shape
-    n_out = w2.shape[1]
-    for local in range(n_seq):
-        m = (n0 + local) // n_batch
-        bi = (n0 + local) % n_batch
-        s = 0.0
-        for t in range(n_steps):
-            for o in range(n_out):
-                y = np.float64(b2[m, o])
-                for k in range(n_hidden):
-                    y += np.float64(w2[m, o, k]) * hs[local, t, k]
-                e = y - target[bi, t, o]
-                err[local, t, o] = e
-                s += e * e
-        sq[local] = s
-
-
-@_njit
-def _readout_backward(hs, err, w2, scale, n_batch, n0, dhs, lw2, lb2):
-    """From dL/dy = scale_m · err: dhs[N',T,H] and per-sequence sums lw2[N',O,H], lb2[N',O]."""
-    n_seq, n_steps, n_hidden = hs.shape
-    n_out = w2.shape[1]
-    for local in range(n_seq):
-        m = (n0 + local) // n_batch
-        sw = np.zeros((n_out, n_hidden))
-        sb = np.zeros(n_out)
-        for t in range(n_steps):
-            for k in range(n_hidden):
-                dhs[local, t, k] = 0.0
-            for o in range(n_out):
-                d = scale[m] * err[local, t, o]
-                sb[o] += d
-                for k in range(n_hidden):
-                    sw[o, k] += d * hs[local, t, k]
-                    dhs[local, t, k] += d * w2[m, o, k]
-        for o in range(n_out):
-            lb2[local, o] = sb[o]
-            for k in range(n_hidden):
-                lw2[local, o, k] = sw[o, k]
-
-
-@_njit
-def _project_forward(x, w1, b1, n_batch, n0, a):
-    """a[N',T,H] = W1 x + b1 for each sequence's member (the Elman network's l1)."""
-    n_seq, n_steps, n_hidden = a.shape
-    n_input = x.shape[2]
-    for local in range(n_seq):
-        m = (n0 + local) // n_batch
-        bi = (n0 + local) % n_batch
-        for t in range(n_steps):
-            for j in range(n_hidden):
-                s = np.float64(b1[m, j])
-                for i in range(n_input):
-                    s += np.float64(w1[m, j, i]) * x[bi, t, i]
-                a[local, t, j] = s
-
-
-@_njit
-def _project_backward(x, da, n_batch, n0, lw1, lb1):
-    """Per-sequence sums lw1[N',H,I] = Σ_t da_t x_tᵀ and lb1[N',H] = Σ_t da_t."""
-    n_seq, n_steps, n_hidden = da.shape
-    n_input = x.shape[2]
-    for local in range(n_seq):
-        bi = (n0 + local) % n_batch
-        sw = np.zeros((n_hidden, n_input))
-        sb = np.zeros(n_hidden)
-        for t in range(n_steps):
-            for j in range(n_hidden):
-                d = np.float64(da[local, t, j])
-                sb[j] += d
-                for i in range(n_input):
-                    sw[j, i] += d * x[bi, t, i]
-        for j in range(n_hidden):
-            lb1[local, j] = sb[j]
-            for i in range(n_input):
-                lw1[local, j, i] = sw[j, i]
 
 
 def _losses(sq: np.ndarray, n_members: int, n_batch: int, count: int, dtype: torch.dtype) -> Any:
@@ -134,15 +60,21 @@ def _losses(sq: np.ndarray, n_members: int, n_batch: int, count: int, dtype: tor
 
 class _Pass:
     """What both networks' passes share: the batch as numpy arrays, each sequence's errors
-    err[N,T,O] and summed squares sq[N], the sequence groups, the gradient lanes."""
+    err[N,T,O], summed squares sq[N] and error sums se[N,O], seh[N,O,H] (Σ_t err, Σ_t err
+    h_tᵀ), the sequence groups, the gradient lanes."""
 
-    def __init__(self, x: torch.Tensor, target: torch.Tensor, n_members: int, n_out: int) -> None:
+    def __init__(
+        self, x: torch.Tensor, target: torch.Tensor, n_members: int, n_out: int, n_hidden: int
+    ) -> None:
         self.xn, self.tn = _np(x), _np(target)
         self.n_batch, self.n_steps, _ = x.shape
         self.n_members, self.n_out = n_members, n_out
         self.n_seq = n_members * self.n_batch
         self.err = np.empty((self.n_seq, self.n_steps, n_out))
         self.sq = np.empty(self.n_seq)
+        self.n_hidden = n_hidden
+        self.se = np.empty((self.n_seq, n_out))
+        self.seh = np.empty((self.n_seq, n_out, n_hidden))
         self.groups = sequence_groups(self.n_seq)
         self.lanes: list[np.ndarray] = []
 
@@ -153,36 +85,44 @@ class _Pass:
     def losses(self, dtype: torch.dtype) -> Any:
         return _losses(self.sq, self.n_members, self.n_batch, self.count, dtype)
 
-    def _readout(self, n0: int, n1: int, w2: np.ndarray, b2: np.ndarray, hs: np.ndarray) -> None:
-        rows = slice(n0, n1)
-        _readout_forward(hs[rows], w2, b2, self.tn, self.n_batch, n0, self.err[rows], self.sq[rows])
+    def _readout_grads(
+        self, n0: int, n1: int, scale: np.ndarray, lw2: np.ndarray, lb2: np.ndarray
+    ) -> None:
+        """The read-out's per-sequence gradient sums from the forward's error sums: for
+        dL/dy = scale_m err, lw2 = scale_m Σ_t err h_tᵀ and lb2 = scale_m Σ_t err."""
+        s = scale[np.arange(n0, n1) // self.n_batch]
+        np.multiply(self.seh[n0:n1], s[:, None, None], out=lw2)
+        np.multiply(self.se[n0:n1], s[:, None], out=lb2)
 
 
 class _LSTMPass(_Pass):
     """A batch's arrays (numpy views of the tensors) and per-sequence results for the LSTM."""
 
     def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
-        n_members, _, self.n_hidden = weights[1].shape
-        super().__init__(x, target, n_members, weights[4].shape[1])
+        n_members, _, n_hidden = weights[1].shape
+        super().__init__(x, target, n_members, weights[4].shape[1], n_hidden)
         self.w = [_np(t) for t in weights[:4]]  # weight_ih, weight_hh, bias_ih, bias_hh
         self.w2, self.b2 = _np(weights[4]), _np(weights[5])
         self.hs = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
         self.saved: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
     def forward(self, n0: int, n1: int) -> None:
+        """The recurrence, the read-out and its errors, keeping what the backward pass needs."""
         units = (n1 - n0) * self.n_hidden
         cs = np.empty((self.n_steps, units), dtype=self.xn.dtype)
         tcs = np.empty_like(cs)
         gates = np.empty((self.n_steps, 4 * units), dtype=self.xn.dtype)
-        _lstm_forward_train(self.xn, *self.w, n0, self.hs[n0:n1], cs, tcs, gates)
-        self._readout(n0, n1, self.w2, self.b2, self.hs)
+        rows = slice(n0, n1)
+        _lstm_forward_train(self.xn, *self.w, n0, self.hs[rows], cs, tcs, gates)
+        _readout_forward(
+            self.hs[rows], self.w2, self.b2, self.tn, self.n_batch, n0, self.err[rows],
+            self.sq[rows], self.se[rows], self.seh[rows],
+        )  # fmt: skip
         self.saved[(n0, n1)] = (cs, tcs, gates)
 
     def forward_only(self, n0: int, n1: int) -> None:
-        """The errors without what the backward pass needs (no gates or cells kept)."""
-        h = np.zeros((n1 - n0, self.n_hidden), dtype=self.xn.dtype)
-        _lstm_forward_infer(self.xn, *self.w, n0, h, h.copy(), self.hs[n0:n1])
-        self._readout(n0, n1, self.w2, self.b2, self.hs)
+        """The squared errors only: no states, gates or errors kept."""
+        _lstm_sse(self.xn, *self.w, n0, n1 - n0, self.w2, self.b2, self.tn, self.sq[n0:n1])
 
     def make_lanes(self, weights: Any) -> None:
         """Per-sequence gradient sums: W_ih, W_hh, bias, fc weight, fc bias."""
@@ -194,33 +134,41 @@ class _LSTMPass(_Pass):
     def backward(self, n0: int, n1: int, scale: np.ndarray) -> None:
         cs, tcs, gates = self.saved[(n0, n1)]
         lw_ih, lw_hh, lb, lw2, lb2 = (lane[n0:n1] for lane in self.lanes)
-        dhs = np.empty((n1 - n0, self.n_steps, self.n_hidden))
-        hs, dx = self.hs[n0:n1], np.empty((1, 1, 1), dtype=self.xn.dtype)
-        _readout_backward(hs, self.err[n0:n1], self.w2, scale, self.n_batch, n0, dhs, lw2, lb2)
+        rows = slice(n0, n1)
+        hs, dx = self.hs[rows], np.empty((1, 1, 1), dtype=self.xn.dtype)
+        err = self.err[rows]
         _lstm_backward(
-            dhs, self.xn, hs, cs, tcs, gates, self.w[0], self.w[1], n0, False, dx,
-            lw_ih, lw_hh, lb,
+            err, True, err, self.w2, scale, self.xn, hs, cs, tcs, gates, self.w[0], self.w[1],
+            n0, False, dx, lw_ih, lw_hh, lb,
         )  # fmt: skip
+        self._readout_grads(n0, n1, scale, lw2, lb2)
 
 
 class _ElmanPass(_Pass):
     """A batch's arrays and per-sequence results for the Elman network (l1, hr, l2)."""
 
     def __init__(self, x: torch.Tensor, target: torch.Tensor, weights: Any) -> None:
-        n_members, self.n_hidden, _ = weights[2].shape
-        super().__init__(x, target, n_members, weights[4].shape[1])
+        n_members, n_hidden, _ = weights[2].shape
+        super().__init__(x, target, n_members, weights[4].shape[1], n_hidden)
         self.w1, self.b1, self.wr, self.br, self.w2, self.b2 = (_np(t) for t in weights)
-        self.a = np.empty((self.n_seq, self.n_steps, self.n_hidden), dtype=self.xn.dtype)
-        self.hs = np.empty_like(self.a)
-        self.h = np.empty((self.n_seq, self.n_hidden), dtype=self.xn.dtype)
+        self.hs = np.empty((self.n_seq, self.n_steps, n_hidden), dtype=self.xn.dtype)
+        self.h = np.empty((self.n_seq, n_hidden), dtype=self.xn.dtype)
+
+    def _forward(self, n0: int, n1: int, grads: bool) -> None:
+        """Projection, recurrence, read-out and errors in one pass (states and errors kept
+        for the backward pass when `grads`)."""
+        rows = slice(n0, n1)
+        _elman_forward(
+            self.xn, True, self.xn, self.w1, self.b1, self.wr, self.br, self.n_batch, n0,
+            self.h[rows], True, grads, self.hs[rows], True, self.w2, self.b2, self.tn, grads,
+            self.err[rows], self.sq[rows], self.se[rows], self.seh[rows],
+        )  # fmt: skip
 
     def forward(self, n0: int, n1: int) -> None:
-        rows, nb = slice(n0, n1), self.n_batch
-        _project_forward(self.xn, self.w1, self.b1, nb, n0, self.a[rows])
-        _elman_forward(self.a[rows], self.wr, self.br, nb, n0, self.h[rows], True, self.hs[rows])
-        self._readout(n0, n1, self.w2, self.b2, self.hs)
+        self._forward(n0, n1, True)
 
-    forward_only = forward
+    def forward_only(self, n0: int, n1: int) -> None:
+        self._forward(n0, n1, False)
 
     def make_lanes(self, weights: Any) -> None:
         """Per-sequence gradient sums: l1 weight and bias, hr weight and bias, l2 ditto."""
@@ -228,12 +176,13 @@ class _ElmanPass(_Pass):
 
     def backward(self, n0: int, n1: int, scale: np.ndarray) -> None:
         lw1, lb1, lwr, lbr, lw2, lb2 = (lane[n0:n1] for lane in self.lanes)
-        rows, nb = slice(n0, n1), self.n_batch
-        dhs = np.empty((n1 - n0, self.n_steps, self.n_hidden))
-        _readout_backward(self.hs[rows], self.err[rows], self.w2, scale, nb, n0, dhs, lw2, lb2)
-        da = np.empty((n1 - n0, self.n_steps, self.n_hidden))
-        _elman_backward(dhs, self.hs[rows], self.wr, nb, n0, da, lwr, lbr)
-        _project_backward(self.xn, da, nb, n0, lw1, lb1)
+        rows = slice(n0, n1)
+        err = self.err[rows]
+        _elman_backward(
+            err, True, err, self.w2, scale, True, self.xn, self.hs[rows], self.wr,
+            self.n_batch, n0, err, lwr, lbr, lw1, lb1,
+        )  # fmt: skip
+        self._readout_grads(n0, n1, scale, lw2, lb2)
 
 
 def _scale(dloss: np.ndarray, count: int) -> np.ndarray:

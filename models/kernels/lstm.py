@@ -22,9 +22,13 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
+    _CHUNK,
     _check,
     _expand,
     _np,
+    _readout_chunk,
+    _readout_grad,
+    _seq_rows,
     reduce_members,
     run_groups,
     sequence_groups,
@@ -200,8 +204,41 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
 
 
 @_njit
-def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_ih, lw_hh, lb):
-    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H]: dx[B,T,I] (when want_dx: their
+def _lstm_sse(x, w_ih, w_hh, b_ih, b_hh, n0, n_seq, w2, b2, target, sq):
+    """sq[N'] = each of sequences n0 … n0+N'-1's sum of squared read-out errors (float64),
+    from zero initial state: the forward pass and the read-out, keeping no states at all."""
+    n_batch, n_steps, n_input = x.shape
+    n_hidden = w_hh.shape[2]
+    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
+    mb, bb = _seq_rows(n_batch, n0, n_seq)
+    units = n_seq * n_hidden
+    wt = w_hh.dtype
+    st = np.zeros((3, units), dtype=wt)
+    z = np.zeros(4 * units, dtype=wt)
+    xr = np.zeros((n_batch, n_input), dtype=wt)
+    xe = np.zeros((n_input, units), dtype=wt)
+    he = np.zeros((n_hidden, units), dtype=wt)
+    hc = np.zeros((_CHUNK, units), dtype=wt)  # h of the steps since the last read-out
+    u = np.zeros((1, 1, 1))  # the errors and their sums are not kept
+    sq[:] = 0.0
+    for t in range(n_steps):
+        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
+        t0 = t - t % _CHUNK
+        for p in range(units):
+            hc[t - t0, p] = st[2, p]
+        if t + 1 - t0 == _CHUNK or t + 1 == n_steps:
+            hc3 = hc.reshape(_CHUNK, n_seq, n_hidden)
+            _readout_chunk(hc3, True, t0, t + 1, mb, bb, w2, b2, target, False, u, sq, u[0], u)
+
+
+@_njit
+def _lstm_backward(
+    dhs, readout, err, w2, scale, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_ih,
+    lw_hh, lb,
+):  # fmt: skip
+    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] (with `readout` from the read-out's
+    errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._readout_grad`; the unused one may be
+    any array of its type): dx[B,T,I] (when want_dx: their
     contribution, summed over the members that share a row of x), and per sequence the
     gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`_lstm_reduce` adds up each
     member's sequences).
@@ -239,10 +276,14 @@ def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_i
     he = np.zeros((n_hidden, units), dtype=wt)
     hprev = np.zeros(units, dtype=wt)
     prod = np.zeros((n_hidden, 4 * units), dtype=wt)
+    mb, _ = _seq_rows(n_batch, n0, n_seq)
     for t in range(n_steps - 1, -1, -1):
         for n in range(n_seq):
             for j in range(n_hidden):
-                dh[n * n_hidden + j] += dhs[n, t, j]
+                if readout:
+                    dh[n * n_hidden + j] += _readout_grad(err, t, mb, w2, scale, n, j)
+                else:
+                    dh[n * n_hidden + j] += dhs[n, t, j]
         for p in range(units):
             i = gates[t, p]
             f = gates[t, units + p]
@@ -420,12 +461,17 @@ class LSTMFunction(torch.autograd.Function):
         dxs = [torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype) for _ in groups]
         dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
         wih, whh = _np(weight_ih), _np(weight_hh)
+        unused = np.zeros((1, 1, 1))  # no read-out: the backward starts from dhs
 
         def work(n0: int, n1: int) -> None:
             i = groups.index((n0, n1))
             cs, tcs, gates = per_group[3 * i : 3 * i + 3]
             _lstm_backward(
                 dhn[n0:n1],
+                False,
+                unused,
+                wih,
+                unused[0, 0],
                 xn,
                 hn[n0:n1],
                 _np(cs),
