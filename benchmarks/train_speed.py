@@ -92,7 +92,7 @@ def make_epoch(
     data: tuple[torch.Tensor, ...],
     batch_size: int,
     lr: float,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: Any = None,
 ) -> Epoch:
     """One epoch of `models.train`'s loop (train batches, then validation) as a closure.
 

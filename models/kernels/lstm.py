@@ -27,7 +27,6 @@ from models.kernels.glue import (
     _expand,
     _np,
     _readout_chunk,
-    _readout_grad,
     _seq_rows,
     reduce_members,
     run_groups,
@@ -74,6 +73,28 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
         if gate == 2:
             scale[2 * units : 3 * units] = 2.0
     return wix, whx, biasx, scale, xb, sb
+
+
+@_njit(inline="always")
+def _lstm_dh_setup(w_hh, n_batch, n0, n_seq):
+    """For dL/dh_{t-1} = W_hhᵀ dz_t over the per-unit layout (unit p = n'·H + k): with
+    j = (k + r) mod H, whr[r, gate·P + p] = W_hh[m, gate·H + j, k] and rq[r, gate·P + p] =
+    gate·P + n'·H + j, so that dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[rq[r, gate·P + p]]:
+    for r = 0, rq is the identity (a contiguous loop); for r ≥ 1, dz gathered once."""
+    n_hidden = w_hh.shape[2]
+    units = n_seq * n_hidden
+    whr = np.zeros((n_hidden, 4 * units), dtype=w_hh.dtype)
+    rq = np.zeros((n_hidden, 4 * units), dtype=np.int64)
+    for r in range(n_hidden):
+        for gate in range(4):
+            for local in range(n_seq):
+                m = (n0 + local) // n_batch
+                for k in range(n_hidden):
+                    j = (k + r) % n_hidden
+                    q = gate * units + local * n_hidden + k
+                    whr[r, q] = w_hh[m, gate * n_hidden + j, k]
+                    rq[r, q] = gate * units + local * n_hidden + j
+    return whr, rq
 
 
 @_njit(inline="always")
@@ -256,7 +277,7 @@ def _lstm_backward(
     units = n_seq * n_hidden
     # (the biases do not enter the backward pass: any [K, G] array stands in for them)
     b_any = w_ih[:, :, 0]
-    wix, whx, _, _, xb, sb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
+    wix, _, _, _, xb, sb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
     wide = units > _WIDE_UNITS
     dwix = np.zeros((n_input, 4 * units))
     dwhx = np.zeros((n_hidden, 4 * units))
@@ -275,98 +296,109 @@ def _lstm_backward(
     xe = np.zeros((n_input, units), dtype=wt)
     he = np.zeros((n_hidden, units), dtype=wt)
     hprev = np.zeros(units, dtype=wt)
-    prod = np.zeros((n_hidden, 4 * units), dtype=wt)
     mb, _ = _seq_rows(n_batch, n0, n_seq)
-    for t in range(n_steps - 1, -1, -1):
+    whr, rq = _lstm_dh_setup(w_hh, n_batch, n0, n_seq)
+    dzr = np.zeros(4 * units, dtype=wt)  # dz gathered by rq[r]
+    gc = np.zeros((_CHUNK, units))  # dL/dh_t from the read-out (or dhs), a chunk of steps
+    t1 = n_steps
+    while t1 > 0:  # time backwards, in chunks
+        t0 = max(0, t1 - _CHUNK)
         for n in range(n_seq):
-            for j in range(n_hidden):
-                if readout:
-                    dh[n * n_hidden + j] += _readout_grad(err, t, mb, w2, scale, n, j)
-                else:
-                    dh[n * n_hidden + j] += dhs[n, t, j]
-        for p in range(units):
-            i = gates[t, p]
-            f = gates[t, units + p]
-            g = gates[t, 2 * units + p]
-            o = gates[t, 3 * units + p]
-            c_prev = cs[t - 1, p] if t > 0 else zero
-            tc = tcs[t, p]
-            dc = dc_carry[p] + dh[p] * o * (one - tc * tc)
-            dz[p] = dc * g * i * (one - i)
-            dz[units + p] = dc * c_prev * f * (one - f)
-            dz[2 * units + p] = dc * i * (one - g * g)
-            dz[3 * units + p] = dh[p] * tc * o * (one - o)
-            dc_carry[p] = dc * f
-        for q in range(4 * units):
-            dbx[q] += dz[q]
-        if wide:
-            _rows(x, t, xb, xe)
-            for gate in range(4):
-                base = gate * units
-                for k in range(n_input):
-                    for p in range(units):
-                        dwix[k, base + p] += dz[base + p] * xe[k, p]
-        else:
-            for bi in range(n_batch):
-                for k in range(n_input):
-                    xr[bi, k] = x[bi, t, k]
-            for k in range(n_input):
-                for q in range(4 * units):
-                    dwix[k, q] += dz[q] * xr[xb[q], k]
-        if want_dx:
-            dxt[:] = 0.0
-            for n in range(n_seq):
-                bi = (n0 + n) % n_batch
-                for k in range(n_input):
-                    s = 0.0
-                    for gate in range(4):
+            for s in range(t1 - t0):
+                for j in range(n_hidden):
+                    gc[s, n * n_hidden + j] = 0.0 if readout else dhs[n, t0 + s, j]
+            if readout:  # Σ_o scale_m err[n, t, o] W2_m[o, j]
+                m = mb[n]
+                for o in range(w2.shape[1]):
+                    for s in range(t1 - t0):
+                        e = scale[m] * err[n, t0 + s, o]
                         for j in range(n_hidden):
-                            q = gate * units + n * n_hidden + j
-                            s += wix[k, q] * dz[q]
-                    dxt[bi, k] += s
-            for bi in range(n_batch):
-                for k in range(n_input):
-                    dx[bi, t, k] = dxt[bi, k]
-        if t == 0:
-            break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
-        if wide:
-            for n in range(n_seq):
-                for k in range(n_hidden):
-                    hprev[n * n_hidden + k] = hs[n, t - 1, k]
-            _expand(hprev, n_hidden, he)
-            for k in range(n_hidden):
+                            gc[s, n * n_hidden + j] += e * np.float64(w2[m, o, j])
+        for t in range(t1 - 1, t0 - 1, -1):
+            s = t - t0
+            for p in range(units):
+                dh[p] += gc[s, p]  # (rounded to the storage type, then used)
+                i = gates[t, p]
+                f = gates[t, units + p]
+                g = gates[t, 2 * units + p]
+                o = gates[t, 3 * units + p]
+                c_prev = cs[t - 1, p] if t > 0 else zero
+                tc = tcs[t, p]
+                dc = dc_carry[p] + dh[p] * o * (one - tc * tc)
+                dz[p] = dc * g * i * (one - i)
+                dz[units + p] = dc * c_prev * f * (one - f)
+                dz[2 * units + p] = dc * i * (one - g * g)
+                dz[3 * units + p] = dh[p] * tc * o * (one - o)
+                dc_carry[p] = dc * f
+            for q in range(4 * units):
+                dbx[q] += dz[q]
+            if wide:
+                _rows(x, t, xb, xe)
                 for gate in range(4):
                     base = gate * units
-                    for p in range(units):
-                        dwhx[k, base + p] += dz[base + p] * he[k, p]
-            # dh[n·H + k] = Σ over gate, then j, of W_hh[gate·H + j, k] dz[gate·P + n·H + j]:
-            # every sequence n at once (the loop over n innermost), each sum in that order
-            # from 0, as below.
-            for k in range(n_hidden):
+                    for k in range(n_input):
+                        for p in range(units):
+                            dwix[k, base + p] += dz[base + p] * xe[k, p]
+            else:
+                for bi in range(n_batch):
+                    for k in range(n_input):
+                        xr[bi, k] = x[bi, t, k]
+                for k in range(n_input):
+                    for q in range(4 * units):
+                        dwix[k, q] += dz[q] * xr[xb[q], k]
+            if want_dx:
+                dxt[:] = 0.0
                 for n in range(n_seq):
-                    dh[n * n_hidden + k] = zero
-                for gate in range(4):
-                    for j in range(n_hidden):
-                        base = gate * units + j
-                        for n in range(n_seq):
-                            q = base + n * n_hidden
-                            dh[n * n_hidden + k] += whx[k, q] * dz[q]
-        else:
-            for n in range(n_seq):
+                    bi = (n0 + n) % n_batch
+                    for k in range(n_input):
+                        sx = 0.0
+                        for gate in range(4):
+                            for j in range(n_hidden):
+                                q = gate * units + n * n_hidden + j
+                                sx += wix[k, q] * dz[q]
+                        dxt[bi, k] += sx
+                for bi in range(n_batch):
+                    for k in range(n_input):
+                        dx[bi, t, k] = dxt[bi, k]
+            if t == 0:
+                break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
+            if wide:
+                for n in range(n_seq):
+                    for k in range(n_hidden):
+                        hprev[n * n_hidden + k] = hs[n, t - 1, k]
+                _expand(hprev, n_hidden, he)
                 for k in range(n_hidden):
-                    hr[n, k] = hs[n, t - 1, k]
-            for k in range(n_hidden):
-                for q in range(4 * units):
-                    dwhx[k, q] += dz[q] * hr[sb[q], k]
-                    prod[k, q] = whx[k, q] * dz[q]
-            for n in range(n_seq):
-                for k in range(n_hidden):
-                    s = zero
                     for gate in range(4):
-                        base = gate * units + n * n_hidden
-                        for j in range(n_hidden):
-                            s += prod[k, base + j]
-                    dh[n * n_hidden + k] = s
+                        base = gate * units
+                        for p in range(units):
+                            dwhx[k, base + p] += dz[base + p] * he[k, p]
+            else:
+                for n in range(n_seq):
+                    for k in range(n_hidden):
+                        hr[n, k] = hs[n, t - 1, k]
+                for k in range(n_hidden):
+                    for q in range(4 * units):
+                        dwhx[k, q] += dz[q] * hr[sb[q], k]
+            # dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[rq[r, gate·P + p]] (`_lstm_dh_setup`):
+            # one flat loop over the units per r, the same sums whatever the layout above.
+            for p in range(units):
+                dh[p] = (
+                    whr[0, p] * dz[p]
+                    + whr[0, units + p] * dz[units + p]
+                    + whr[0, 2 * units + p] * dz[2 * units + p]
+                    + whr[0, 3 * units + p] * dz[3 * units + p]
+                )
+            for r in range(1, n_hidden):
+                for q in range(4 * units):
+                    dzr[q] = dz[rq[r, q]]
+                for p in range(units):
+                    dh[p] += (
+                        whr[r, p] * dzr[p]
+                        + whr[r, units + p] * dzr[units + p]
+                        + whr[r, 2 * units + p] * dzr[2 * units + p]
+                        + whr[r, 3 * units + p] * dzr[3 * units + p]
+                    )
+        t1 = t0
     for n in range(n_seq):
         for gate in range(4):
             for j in range(n_hidden):
