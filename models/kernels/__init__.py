@@ -23,10 +23,11 @@ case of the same kernels.
 
 Files: `compile.py` (numba's disk cache, the vectorizable exp), `elman.py`, `lstm.py`,
 `cuda.py` (cuDNN's RNN_TANH for the Elman network on CUDA), `glue.py` (checks shared by the
-torch wrappers, the sequence groups' threads), `loss.py` (a training batch's whole pass:
-projection, recurrence, read-out, error and their backward, as an autograd Function and,
-for `models.train`, without autograd: `*_population_grads`; the validation pass,
-`population_sse`).
+torch wrappers, the sequence groups' threads, the read-out computed inside the recurrence
+kernels' time loops), `loss.py` (a training batch's whole pass: projection, recurrence,
+read-out, error and their backward, as an autograd Function and, for `models.train`, without
+autograd: `*_population_grads`; the validation pass, `population_sse`), `adam.py` (Adam as
+one compiled loop per parameter, what `models.train` steps on the CPU).
 
 Compiled code is cached on disk (numba's `cache=True`), so a process compiles a kernel once at
 its first call, or just loads it when an earlier process has already compiled it.
