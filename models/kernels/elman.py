@@ -21,11 +21,11 @@ from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
     _check,
+    _dh_chunk,
     _expand,
     _load,
     _np,
     _readout_chunk,
-    _readout_grad,
     _seq_rows,
     _store,
     reduce_members,
@@ -157,7 +157,7 @@ def _elman_backward(
     `glue.reduce_members` adds up per member, and dL/da for the input projection a_t.
 
     dL/dhs is dhs[N',T,H], or with `readout` the read-out's scale_m W2ᵀ err_t
-    (`glue._readout_grad`). dL/da goes to da[N',T,H], or with `project` into the input
+    (`glue._dh_chunk`). dL/da goes to da[N',T,H], or with `project` into the input
     projection's own sums lw1[N',H,I] = Σ_t da_t x_tᵀ and lb1[N',H] = Σ_t da_t (x[B,T,I];
     `da` then unused). Unused arguments may be any arrays of their types.
 
@@ -179,6 +179,7 @@ def _elman_backward(
     carry = np.zeros(units, dtype=wt)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
     he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(h_{t-1})
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
+    gc = np.empty((_CHUNK, units))  # dL/dhs of a chunk (`glue._dh_chunk`)
     dc = np.empty((_CHUNK, units), dtype=wt)
     dac = np.empty((_CHUNK, units), dtype=wt)
     if project:
@@ -190,13 +191,10 @@ def _elman_backward(
         _load(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
-        if readout:
-            for s in range(t1 - t0):
-                for n in range(n_seq):
-                    for j in range(n_hidden):
-                        dc[s, n * n_hidden + j] = _readout_grad(err, t0 + s, mb, w2, scale, n, j)
-        else:
-            _load(dhs, t0, t1, dc, 0)
+        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc)
+        for s in range(t1 - t0):
+            for u in range(units):
+                dc[s, u] = gc[s, u]  # (rounded to the storage type)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             for u in range(units):

@@ -24,6 +24,7 @@ from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
     _check,
+    _dh_chunk,
     _expand,
     _np,
     _readout_chunk,
@@ -258,7 +259,7 @@ def _lstm_backward(
     lw_hh, lb,
 ):  # fmt: skip
     """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] (with `readout` from the read-out's
-    errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._readout_grad`; the unused one may be
+    errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._dh_chunk`; the unused one may be
     any array of its type): dx[B,T,I] (when want_dx: their
     contribution, summed over the members that share a row of x), and per sequence the
     gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`_lstm_reduce` adds up each
@@ -303,17 +304,7 @@ def _lstm_backward(
     t1 = n_steps
     while t1 > 0:  # time backwards, in chunks
         t0 = max(0, t1 - _CHUNK)
-        for n in range(n_seq):
-            for s in range(t1 - t0):
-                for j in range(n_hidden):
-                    gc[s, n * n_hidden + j] = 0.0 if readout else dhs[n, t0 + s, j]
-            if readout:  # Σ_o scale_m err[n, t, o] W2_m[o, j]
-                m = mb[n]
-                for o in range(w2.shape[1]):
-                    for s in range(t1 - t0):
-                        e = scale[m] * err[n, t0 + s, o]
-                        for j in range(n_hidden):
-                            gc[s, n * n_hidden + j] += e * np.float64(w2[m, o, j])
+        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             for p in range(units):
