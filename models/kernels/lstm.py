@@ -109,11 +109,11 @@ def _rows(x, t, xb, xe):
 # Up to this many units (P = sequences · H) a step's loops run flat over the 4P gate lanes and
 # gather each lane's x and h values; beyond, they run per gate block over the P units and read
 # x and h laid out per unit (no gathers, but 4 × (I + H) short loops a step instead of I + H).
-# Measured here (fwd + bwd of 1-12 sequences): up to 12 units the gathers cost less than the
-# extra short loops (K = 1's 3 sequences: ~20 % / ~40 % faster), from 16 units on the per-unit
-# layout wins (24 units: ~15 %). Both do the same operations in the same order per lane: the
-# same bits.
-_WIDE_UNITS = 12
+# Measured here (training forward, backward and the validation pass of 2-10 sequences, H = 2,
+# median of interleaved ratios): at 6 units the gathers cost less (the per-unit layout ~11 %
+# slower), from 8 units on the per-unit layout wins (8-12 units: 7-14 %; 16-20: 27-37 %).
+# Both do the same operations in the same order per lane: the same bits.
+_WIDE_UNITS = 6
 
 
 @_njit(inline="always")
