@@ -20,7 +20,8 @@ Then, with torch's default thread count:
 
 - population: `models.train` on a population of K = 1, 2, 4, 8, 16 members (no halving inside
   the measured epochs), ms per epoch and the ratio to K = 1, set up as a worker is (torch on
-  one thread, the kernels' sequence groups on every core);
+  one thread, the kernels' sequence groups on every core); the sizes take turns in each
+  round, and the ratio is the median of the rounds' own ratios;
 - service: what a user sees through rnnlab — a real `rnnlab serve` (SQLite, one local
   worker) trains runs of E1 and E2 epochs; per-epoch cost = (duration(E2) - duration(E1)) /
   (E2 - E1) from the runs' started_at/finished_at, so setup and the final evaluation cancel
@@ -194,34 +195,45 @@ def report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
 
 
 def population_rows(args: argparse.Namespace, splits: Any) -> None:
-    """ms per epoch of models.train for populations of K members, both kinds."""
+    """ms per epoch of models.train for populations of K members, both kinds.
+
+    The K values take turns within each round (this machine's speed drifts over seconds),
+    and the ratio to K = 1 is the median of each round's own ratio."""
+    sizes = (1, 2, 4, 8, 16)
     print(
         f"\npopulation: models.train, kernels on {kernels.get_threads()} thread(s), torch on "
-        f"{torch.get_num_threads()}, ms per epoch"
+        f"{torch.get_num_threads()}, ms per epoch (median of {args.population_rounds} "
+        "rounds, the sizes alternating)"
     )
     print(f"{'kind':<6} {'K':>3} {'median':>9} {'vs K=1':>7}")
     for kind in ("lstm", "elman"):
-        base = None
-        for k in (1, 2, 4, 8, 16):
-            # A huge epoch count puts the first halving far away; should_stop ends it early.
-            cfg = TrainConfig(model=kind, epochs=10**9, population=k, learning_rate=args.lr)
-            times: list[float] = []
-            for _ in range(3):
-                pop = build_population(kind, seed=0, size=k)
-                left = [args.warmup + args.population_epochs]
-                start = [0.0]
+        times: dict[int, list[float]] = {k: [] for k in sizes}
+        for _ in range(args.population_rounds):
+            for k in sizes:
+                times[k].append(_population_epoch(args, splits, kind, k))
+        for k in sizes:
+            ratio = statistics.median(a / b for a, b in zip(times[k], times[1], strict=True))
+            med = statistics.median(times[k])
+            print(f"{kind:<6} {k:>3} {med * 1e3:9.2f} {ratio:6.2f}x")
 
-                def stop(left: list[int] = left, start: list[float] = start) -> bool:
-                    left[0] -= 1
-                    if left[0] == args.population_epochs - 1:
-                        start[0] = time.perf_counter()
-                    return left[0] < 0
 
-                train(pop, splits, cfg, should_stop=stop)
-                times.append((time.perf_counter() - start[0]) / args.population_epochs)
-            med = statistics.median(times)
-            base = base or med
-            print(f"{kind:<6} {k:>3} {med * 1e3:9.2f} {med / base:6.2f}x")
+def _population_epoch(args: argparse.Namespace, splits: Any, kind: str, k: int) -> float:
+    """Seconds per epoch of `models.train` on a population of k, over population_epochs
+    epochs after `warmup` untimed ones."""
+    # A huge epoch count puts the first halving far away; should_stop ends it early.
+    cfg = TrainConfig(model=kind, epochs=10**9, population=k, learning_rate=args.lr)
+    pop = build_population(kind, seed=0, size=k)
+    left = [args.warmup + args.population_epochs]
+    start = [0.0]
+
+    def stop() -> bool:
+        left[0] -= 1
+        if left[0] == args.population_epochs - 1:
+            start[0] = time.perf_counter()
+        return left[0] < 0
+
+    train(pop, splits, cfg, should_stop=stop)
+    return (time.perf_counter() - start[0]) / args.population_epochs
 
 
 def _served_durations(
@@ -323,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per variant")
     parser.add_argument("--reference-rounds", type=int, default=5, help="for the slow loop")
     parser.add_argument("--population-epochs", type=int, default=10)
+    parser.add_argument("--population-rounds", type=int, default=5)
     parser.add_argument(
         "--service-epochs", type=int, nargs=2, default=(20, 120), metavar=("E1", "E2")
     )

@@ -380,7 +380,7 @@ def train(
         pop.eval()
         with torch.no_grad():
             valid_losses = _member_mse(pop, Xv, Tv)
-        finite = []
+        finite, improved = [], []
         for pos, idx in enumerate(pop.indices):
             rec = history.members[idx]
             rec.epochs = epoch
@@ -390,10 +390,16 @@ def train(
                 finite.append(pos)
                 if rec.best_valid_loss is None or vl < rec.best_valid_loss:
                     rec.best_valid_loss, rec.best_epoch = vl, epoch
-                    if config.restore_best:
-                        best_weights[idx] = [p[pos].detach().clone() for p in pop.params]
+                    improved.append(pos)
             else:
                 rec.diverged = True
+        if config.restore_best and improved:
+            # One copy per parameter of the members that improved (not one per member and
+            # parameter: with 8 members that was ~50 small copies an epoch).
+            rows = torch.tensor(improved, dtype=torch.long, device=device)
+            snaps = [p.detach().index_select(0, rows) for p in pop.params]
+            for r, pos in enumerate(improved):
+                best_weights[pop.indices[pos]] = [snap[r] for snap in snaps]
         if not finite:
             raise FloatingPointError(
                 f"training diverged at epoch {epoch}: train loss {train_losses[0]}, "
