@@ -37,9 +37,12 @@ def _adam_step(p, g, m, v, lr, beta1, beta2, eps, bias1, bias2_sqrt):
 
 
 def supports(params: Iterable[torch.Tensor]) -> bool:
-    """Whether `Adam` applies: dense float32/float64 CPU tensors."""
+    """Whether `Adam` applies: dense, contiguous float32/float64 CPU tensors."""
     return all(
-        p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and not p.is_sparse
+        p.device.type == "cpu"
+        and p.dtype in (torch.float32, torch.float64)
+        and not p.is_sparse
+        and p.is_contiguous()
         for p in params
     )
 
@@ -63,7 +66,7 @@ class Adam:
         if not params:
             raise ValueError("Adam got an empty parameter list")
         if not supports(params):
-            raise ValueError("Adam here takes dense float32 or float64 CPU tensors only")
+            raise ValueError("Adam here takes dense, contiguous float32 or float64 CPU tensors")
         if not lr > 0.0 or not math.isfinite(lr):
             raise ValueError(f"learning rate must be positive, got {lr}")
         self.param_groups: list[dict[str, Any]] = [
@@ -82,7 +85,7 @@ class Adam:
             elif p.grad is not None:
                 p.grad.zero_()
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

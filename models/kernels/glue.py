@@ -143,10 +143,11 @@ def reduce_members_into(lanes: np.ndarray, n_batch: int, out: torch.Tensor) -> N
 
 # --- the read-out inside the recurrence kernels ----------------------------------------------
 # The networks' read-out y = W2 h + b2 and its squared error against the target are computed
-# where a step's h is at hand, so no pass re-reads hs for them; their backward needs only
-# the errors (dL/dh_t = scale_m · W2ᵀ err_t) and two sums per sequence, Σ_t err_t and
-# Σ_t err_t h_tᵀ, from which dW2 = scale_m Σ_t err_t h_tᵀ and db2 = scale_m Σ_t err_t follow
-# once the loss's weights (scale_m) are known.
+# per chunk of steps whose states are at hand (the Elman kernels, the validation passes), or
+# for the LSTM's training batch in one pass over its stored hs (measured faster there than
+# inside its step loop). The backward needs only the errors (dL/dh_t = scale_m · W2ᵀ err_t)
+# and two sums per sequence, Σ_t err_t and Σ_t err_t h_tᵀ, from which dW2 = scale_m Σ_t
+# err_t h_tᵀ and db2 = scale_m Σ_t err_t follow once the loss's weights (scale_m) are known.
 
 
 @_njit(inline="always")

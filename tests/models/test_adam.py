@@ -60,13 +60,14 @@ def test_adam_follows_replaced_gradients_and_zero_grad() -> None:
 
 
 def test_adam_rejects_what_it_does_not_handle() -> None:
-    with pytest.raises(ValueError, match="float32 or float64 CPU"):
+    with pytest.raises(ValueError, match="contiguous float32 or float64 CPU"):
         Adam([torch.zeros(2, dtype=torch.float16)])
     with pytest.raises(ValueError, match="empty parameter list"):
         Adam([])
     with pytest.raises(ValueError, match="learning rate must be positive"):
         Adam([torch.zeros(2)], lr=0.0)
     assert not supports([torch.zeros(2, dtype=torch.int64)])
+    assert not supports([torch.zeros(3, 2).t()])  # not contiguous: torch's Adam takes it
 
 
 def test_training_uses_it_on_the_cpu_and_torchs_elsewhere() -> None:
