@@ -246,9 +246,9 @@ def _member_mse(pop: Population, X: torch.Tensor, T: torch.Tensor) -> list[float
 def make_optimizer(model: nn.Module, learning_rate: float) -> Optimizer:
     """Adam over all parameters, as `train` uses it.
 
-    For dense float32/float64 CPU parameters `models.kernels.adam.Adam`: torch's algorithm
-    as one compiled loop per parameter, ~15 µs a step where torch.optim.Adam takes ~0.1 ms
-    (equal within float rounding, as deterministic). Elsewhere torch.optim.Adam, fused
+    For dense, contiguous float32/float64 CPU parameters `models.kernels.adam.Adam`: torch's
+    algorithm as one compiled loop per parameter, ~15 µs a step where torch.optim.Adam takes
+    ~0.1 ms (equal within float rounding, as deterministic). Elsewhere torch.optim.Adam, fused
     (one kernel over all parameters per step) where every parameter is a floating-point
     tensor on a device that supports it.
     """
