@@ -180,7 +180,6 @@ def _elman_backward(
     he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(h_{t-1})
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
     gc = np.empty((_CHUNK, units))  # dL/dhs of a chunk (`glue._dh_chunk`)
-    dc = np.empty((_CHUNK, units), dtype=wt)
     dac = np.empty((_CHUNK, units), dtype=wt)
     if project:
         lw1[:] = 0.0
@@ -192,14 +191,12 @@ def _elman_backward(
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
         _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc)
-        for s in range(t1 - t0):
-            for u in range(units):
-                dc[s, u] = gc[s, u]  # (rounded to the storage type)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             for u in range(units):
                 h = hc[s + 1, u]
-                dz[u] = (dc[s, u] + carry[u]) * (one - h * h)
+                dz[u] = gc[s, u]  # dL/dhs_t, rounded to the storage type
+                dz[u] = (dz[u] + carry[u]) * (one - h * h)
                 dac[s, u] = dz[u]
             if t == 0:
                 break

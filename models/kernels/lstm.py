@@ -77,6 +77,20 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
 
 
 @_njit(inline="always")
+def _lstm_buffers(n_batch, n_input, n_hidden, units, like):
+    """A forward pass's step buffers in `like`'s type (the arithmetic's): the state st[3, P]
+    (c, tanh c, h; zero), the gates z[4P], and x_t and h_t as `_lstm_step` reads them
+    (xr[B, I], xe[I, P], he[H, P])."""
+    wt = like.dtype
+    st = np.zeros((3, units), dtype=wt)
+    z = np.zeros(4 * units, dtype=wt)
+    xr = np.zeros((n_batch, n_input), dtype=wt)
+    xe = np.zeros((n_input, units), dtype=wt)
+    he = np.zeros((n_hidden, units), dtype=wt)
+    return st, z, xr, xe, he
+
+
+@_njit(inline="always")
 def _lstm_dh_setup(w_hh, n_batch, n0, n_seq):
     """For dL/dh_{t-1} = W_hhᵀ dz_t over the per-unit layout (unit p = n'·H + k): with
     j = (k + r) mod H, whr[r, gate·P + p] = W_hh[m, gate·H + j, k] and rq[r, gate·P + p] =
@@ -176,12 +190,7 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    wt = hs.dtype  # arithmetic in the storage type
-    st = np.zeros((3, units), dtype=wt)  # state: c, tanh c, h
-    z = np.zeros(4 * units, dtype=wt)
-    xr = np.zeros((n_batch, n_input), dtype=wt)
-    xe = np.zeros((n_input, units), dtype=wt)
-    he = np.zeros((n_hidden, units), dtype=wt)
+    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, hs)  # in hs's type
     for t in range(n_steps):
         _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
         for q in range(4 * units):
@@ -203,16 +212,11 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
     n_seq, _, n_hidden = hs.shape
     wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    wt = hs.dtype
-    st = np.zeros((3, units), dtype=wt)
+    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, hs)
     for n in range(n_seq):
         for j in range(n_hidden):
             st[2, n * n_hidden + j] = h_io[n, j]
             st[0, n * n_hidden + j] = c_io[n, j]
-    z = np.zeros(4 * units, dtype=wt)
-    xr = np.zeros((n_batch, n_input), dtype=wt)
-    xe = np.zeros((n_input, units), dtype=wt)
-    he = np.zeros((n_hidden, units), dtype=wt)
     _expand(st[2], n_hidden, he)
     for t in range(n_steps):
         _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
@@ -234,13 +238,8 @@ def _lstm_sse(x, w_ih, w_hh, b_ih, b_hh, n0, n_seq, w2, b2, target, sq):
     wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
     mb, bb = _seq_rows(n_batch, n0, n_seq)
     units = n_seq * n_hidden
-    wt = w_hh.dtype
-    st = np.zeros((3, units), dtype=wt)
-    z = np.zeros(4 * units, dtype=wt)
-    xr = np.zeros((n_batch, n_input), dtype=wt)
-    xe = np.zeros((n_input, units), dtype=wt)
-    he = np.zeros((n_hidden, units), dtype=wt)
-    hc = np.zeros((_CHUNK, units), dtype=wt)  # h of the steps since the last read-out
+    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, w_hh)
+    hc = np.zeros((_CHUNK, units), dtype=w_hh.dtype)  # h of the steps since the last read-out
     u = np.zeros((1, 1, 1))  # the errors and their sums are not kept
     sq[:] = 0.0
     for t in range(n_steps):
