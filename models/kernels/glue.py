@@ -115,6 +115,28 @@ def _store(src, t0, t1, dst):
                 dst[n, t0 + s, j] = src[s, n * n_hidden + j]
 
 
+@_njit(inline="always")
+def _load_units(src, t0, t1, dst, row0):
+    """dst[row0 + s, j·N' + n] = src[n, t0 + s, j] for s < t1 - t0 (src[N',T,C]): a time
+    chunk laid out time-major and unit-major, so that a step's loops over a unit's
+    sequences read contiguous runs."""
+    n_seq, _, width = src.shape
+    for n in range(n_seq):
+        for s in range(t1 - t0):
+            for j in range(width):
+                dst[row0 + s, j * n_seq + n] = src[n, t0 + s, j]
+
+
+@_njit(inline="always")
+def _store_units(src, t0, t1, dst, row0):
+    """dst[n, t0 + s, j] = src[row0 + s, j·N' + n]: a `_load_units` chunk back into [N',T,C]."""
+    n_seq, _, width = dst.shape
+    for n in range(n_seq):
+        for s in range(t1 - t0):
+            for j in range(width):
+                dst[n, t0 + s, j] = src[row0 + s, j * n_seq + n]
+
+
 @_njit
 def _reduce_lanes(lanes, n_batch, out):
     """out[m, c] = Σ_b lanes[m·B + b, c] in sequence order: a member's gradient from its

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from models.kernels.elman import _elman_backward, _elman_forward
+from models.kernels.elman import backward_kernel, forward_kernel
 from models.kernels.glue import (
     _check,
     _np,
@@ -158,7 +158,7 @@ class _ElmanPass(_Pass):
         """Projection, recurrence, read-out and errors in one pass (states and errors kept
         for the backward pass when `grads`)."""
         rows = slice(n0, n1)
-        _elman_forward(
+        forward_kernel(n1 - n0)(
             self.xn, True, self.xn, self.w1, self.b1, self.wr, self.br, self.n_batch, n0,
             self.h[rows], True, grads, self.hs[rows], True, self.w2, self.b2, self.tn, grads,
             self.err[rows], self.sq[rows], self.se[rows], self.seh[rows],
@@ -178,7 +178,7 @@ class _ElmanPass(_Pass):
         lw1, lb1, lwr, lbr, lw2, lb2 = (lane[n0:n1] for lane in self.lanes)
         rows = slice(n0, n1)
         err = self.err[rows]
-        _elman_backward(
+        backward_kernel(n1 - n0)(
             err, True, err, self.w2, scale, True, self.xn, self.hs[rows], self.wr,
             self.n_batch, n0, err, lwr, lbr, lw1, lb1,
         )  # fmt: skip

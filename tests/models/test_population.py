@@ -246,18 +246,25 @@ def test_members_in_parallel_threads_give_the_same_bits(
     pop = build_population(kind, seed=9, size=size, n_hidden=3)
     x = torch.randn(3, 80, 2, generator=torch.Generator().manual_seed(1))
     dy = torch.randn(size, 3, 80, 1, generator=torch.Generator().manual_seed(2))
+    target = torch.randn(3, 80, 1, generator=torch.Generator().manual_seed(3))
     results = []
+    # 15 sequences at size 5: groups of 15, 8 + 7, 5 + 5 + 5 and 2, on both sides of the
+    # sizes at which the Elman kernels change layout (elman.forward_kernel, backward_kernel).
     for threads in (1, 2, 3, 8):
         kernels.set_threads(threads)
         y = pop(x)
         grads = torch.autograd.grad(y, list(pop.parameters()), dy)
         with torch.no_grad():
             y_infer = pop(x)
-        results.append((y, grads, y_infer))
-    for y, grads, y_infer in results[1:]:
+        losses = pop.mse_and_grads(x, target)  # the fused training pass, as train runs it
+        fused = [p.grad.clone() for p in pop.parameters()]
+        results.append((y, grads, y_infer, losses, fused, pop.sse(x, target)))
+    for y, grads, y_infer, losses, fused, sse in results[1:]:
         assert torch.equal(y, results[0][0])
         assert torch.equal(y_infer, results[0][2])
         assert all(torch.equal(g, g0) for g, g0 in zip(grads, results[0][1], strict=True))
+        assert torch.equal(losses, results[0][3]) and torch.equal(sse, results[0][5])
+        assert all(torch.equal(g, g0) for g, g0 in zip(fused, results[0][4], strict=True))
 
 
 def test_training_with_parallel_members_is_bit_for_bit_the_same(restore_threads) -> None:
