@@ -202,7 +202,8 @@ def _elman_backward(
         _load(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
-        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc)
+        gc3 = gc.reshape(_CHUNK, n_seq, n_hidden)  # [s, n, j]: unit n·H + j
+        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             for u in range(units):

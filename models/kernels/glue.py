@@ -228,18 +228,19 @@ def _readout_forward(hs, w2, b2, target, n_batch, n0, err, sq, se, seh):
 
 
 @_njit(inline="always")
-def _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc):
-    """gc[s, n·H + j] (float64) = dL/dh of unit j of local sequence n at step t0 + s, for
+def _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3):
+    """gc3[s, n, j] (float64) = dL/dh of unit j of local sequence n at step t0 + s, for
     t0 ≤ t < t1: with `readout` the read-out's Σ_o scale_m err[n, t, o] W2_m[o, j], else
-    dhs[n, t, j]. (The one not used may be any array of its type.)"""
+    dhs[n, t, j]. (The one not used may be any array of its type.) gc3 is a [s, n, j] view
+    of the kernel's own time-major chunk buffer, whatever its layout of the units."""
     for n in range(mb.shape[0]):
         for s in range(t1 - t0):
             for j in range(n_hidden):
-                gc[s, n * n_hidden + j] = 0.0 if readout else dhs[n, t0 + s, j]
+                gc3[s, n, j] = 0.0 if readout else dhs[n, t0 + s, j]
         if readout:
             m = mb[n]
             for o in range(w2.shape[1]):
                 for s in range(t1 - t0):
                     e = scale[m] * err[n, t0 + s, o]
                     for j in range(n_hidden):
-                        gc[s, n * n_hidden + j] += e * np.float64(w2[m, o, j])
+                        gc3[s, n, j] += e * np.float64(w2[m, o, j])

@@ -25,7 +25,6 @@ from models.kernels.glue import (
     _CHUNK,
     _check,
     _dh_chunk,
-    _expand,
     _np,
     _readout_chunk,
     _seq_rows,
@@ -38,14 +37,15 @@ from models.kernels.glue import (
 @_njit(inline="always")
 def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
     """Constants of a pass over sequences n0 … n0+n_seq-1 (sequence n = m·B + b is row b of
-    x run by member m), laid out over a step's flat gate vector z[q], q = gate·P + n'·H + j
-    (gate-major, then local sequence n' = n - n0, then unit j; P = n_seq·H), so that each
-    per-step loop is one flat loop over the group (LLVM vectorizes `_exp`):
+    x run by member m), laid out over a step's flat gate vector z[q], q = gate·P + j·N' + n'
+    (gate-major, then unit j, then local sequence n' = n - n0; N' = n_seq, P = N'·H), so
+    that each per-step loop is one flat loop over the group (LLVM vectorizes `_exp`) and a
+    unit's sequences are contiguous:
 
     wix[k, q] = W_ih[m, gate·H + j, k], whx[k, q] = W_hh[m, gate·H + j, k], biasx[q] = b_ih +
     b_hh, scale[q] = 2 for g (tanh z = 2 σ(2z) - 1) and 1 for the σ gates, xb[q] = b (the
     lane's row of x) and sb[q] = n' (its sequence); xb[:P] and sb[:P] are those of the
-    units p = n'·H + j of the flat [P] state.
+    units p = j·N' + n' of the flat [P] state.
     """
     n_hidden = w_hh.shape[2]
     n_input = w_ih.shape[2]
@@ -62,7 +62,7 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
             m = (n0 + local) // n_batch
             bi = (n0 + local) % n_batch
             for j in range(n_hidden):
-                q = gate * units + local * n_hidden + j
+                q = gate * units + j * n_seq + local
                 r = gate * n_hidden + j
                 biasx[q] = np.float64(b_ih[m, r]) + np.float64(b_hh[m, r])
                 for k in range(n_input):
@@ -92,32 +92,44 @@ def _lstm_buffers(n_batch, n_input, n_hidden, units, like):
 
 @_njit(inline="always")
 def _lstm_dh_setup(w_hh, n_batch, n0, n_seq):
-    """For dL/dh_{t-1} = W_hhᵀ dz_t over the per-unit layout (unit p = n'·H + k): with
-    j = (k + r) mod H, whr[r, gate·P + p] = W_hh[m, gate·H + j, k] and rq[r, gate·P + p] =
-    gate·P + n'·H + j, so that dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[rq[r, gate·P + p]]:
-    for r = 0, rq is the identity (a contiguous loop); for r ≥ 1, dz gathered once."""
+    """For dL/dh_{t-1} = W_hhᵀ dz_t over the units p = k·N' + n': with j = (k + r) mod H,
+    whr[r, gate·P + p] = W_hh[m, gate·H + j, k], so that dh[p] = Σ_r Σ_gate
+    whr[r, gate·P + p] dz[gate·P + (p + r·N') mod P]: for each r the gate block of dz
+    rotated by r units, two contiguous runs (no gathers)."""
     n_hidden = w_hh.shape[2]
     units = n_seq * n_hidden
     whr = np.zeros((n_hidden, 4 * units), dtype=w_hh.dtype)
-    rq = np.zeros((n_hidden, 4 * units), dtype=np.int64)
     for r in range(n_hidden):
         for gate in range(4):
             for local in range(n_seq):
                 m = (n0 + local) // n_batch
                 for k in range(n_hidden):
                     j = (k + r) % n_hidden
-                    q = gate * units + local * n_hidden + k
-                    whr[r, q] = w_hh[m, gate * n_hidden + j, k]
-                    rq[r, q] = gate * units + local * n_hidden + j
-    return whr, rq
+                    whr[r, gate * units + k * n_seq + local] = w_hh[m, gate * n_hidden + j, k]
+    return whr
 
 
 @_njit(inline="always")
-def _rows(x, t, xb, xe):
-    """xe[k, p] = x[b, t, k] for unit p of a sequence on row b (xb[p] = b, p < P)."""
+def _rows(x, t, xb, n_seq, xe):
+    """xe[k, j·N' + n'] = x[b, t, k] for every unit j of local sequence n' on row b
+    (xb[n'] = b): gathered once per sequence, then copied per unit (contiguous)."""
     for k in range(xe.shape[0]):
-        for p in range(xe.shape[1]):
-            xe[k, p] = x[xb[p], t, k]
+        row = xe[k]
+        for n in range(n_seq):
+            row[n] = x[xb[n], t, k]
+        for j in range(1, xe.shape[1] // n_seq):
+            for n in range(n_seq):
+                row[j * n_seq + n] = row[n]
+
+
+@_njit(inline="always")
+def _expand_units(v, n_seq, out):
+    """out[k, j·N' + n'] = v[k·N' + n'] for every j: each sequence's state value k at each of
+    its units' positions (unit-major: H contiguous copies of v's block k)."""
+    for k in range(out.shape[0]):
+        for j in range(out.shape[1] // n_seq):
+            for n in range(n_seq):
+                out[k, j * n_seq + n] = v[k * n_seq + n]
 
 
 # Up to this many units (P = sequences · H) a step's loops run flat over the 4P gate lanes and
@@ -138,18 +150,19 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
     Shapes the compiler vectorizes: every loop is flat, with the input or hidden index
     outside it. With few units (P ≤ _WIDE_UNITS) over the 4P lanes, gathering x_t (its rows
     first copied to xr[B, I]) and h_{t-1}; otherwise per gate block over the P units, reading
-    xe[I, P] and he[H, P] (`_expand`(h), kept up to date here): a sequence's values repeated
-    over its units. The cell update reads z and writes one state array only. Per lane the
+    xe[I, P] and he[H, P] (`_expand_units`(h), kept up to date here): a sequence's values
+    repeated over its units. The cell update reads z and writes one state array only. Per lane the
     sums run bias, x terms, h terms either way.
     """
     units = st.shape[1]
     n_hidden = he.shape[0]
+    n_seq = units // n_hidden
     one = _one(z)
     two = one + one
     for q in range(z.shape[0]):
         z[q] = biasx[q]
     if units > _WIDE_UNITS:
-        _rows(x, t, xb, xe)
+        _rows(x, t, xb, n_seq, xe)
         for gate in range(4):
             base = gate * units
             for k in range(xe.shape[0]):
@@ -167,7 +180,7 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
                 z[q] += wix[k, q] * xr[xb[q], k]
         for k in range(n_hidden):
             for q in range(z.shape[0]):
-                z[q] += whx[k, q] * st[2, sb[q] * n_hidden + k]
+                z[q] += whx[k, q] * st[2, k * n_seq + sb[q]]
     for q in range(z.shape[0]):  # σ(scale z) · scale - (scale - 1): σ or tanh
         a = scale[q]
         z[q] = a / (one + _exp(-a * z[q])) - (a - one)
@@ -178,7 +191,7 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
         st[1, p] = tc
         st[2, p] = z[3 * units + p] * tc
     if units > _WIDE_UNITS:
-        _expand(st[2], n_hidden, he)
+        _expand_units(st[2], n_seq, he)
 
 
 @_njit
@@ -200,7 +213,7 @@ def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
             tcs[t, p] = st[1, p]
         for n in range(n_seq):
             for j in range(n_hidden):
-                hs[n, t, j] = st[2, n * n_hidden + j]
+                hs[n, t, j] = st[2, j * n_seq + n]
 
 
 @_njit
@@ -215,18 +228,18 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
     st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, hs)
     for n in range(n_seq):
         for j in range(n_hidden):
-            st[2, n * n_hidden + j] = h_io[n, j]
-            st[0, n * n_hidden + j] = c_io[n, j]
-    _expand(st[2], n_hidden, he)
+            st[2, j * n_seq + n] = h_io[n, j]
+            st[0, j * n_seq + n] = c_io[n, j]
+    _expand_units(st[2], n_seq, he)
     for t in range(n_steps):
         _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
         for n in range(n_seq):
             for j in range(n_hidden):
-                hs[n, t, j] = st[2, n * n_hidden + j]
+                hs[n, t, j] = st[2, j * n_seq + n]
     for n in range(n_seq):
         for j in range(n_hidden):
-            h_io[n, j] = st[2, n * n_hidden + j]
-            c_io[n, j] = st[0, n * n_hidden + j]
+            h_io[n, j] = st[2, j * n_seq + n]
+            c_io[n, j] = st[0, j * n_seq + n]
 
 
 @_njit
@@ -248,8 +261,26 @@ def _lstm_sse(x, w_ih, w_hh, b_ih, b_hh, n0, n_seq, w2, b2, target, sq):
         for p in range(units):
             hc[t - t0, p] = st[2, p]
         if t + 1 - t0 == _CHUNK or t + 1 == n_steps:
-            hc3 = hc.reshape(_CHUNK, n_seq, n_hidden)
+            hc3 = np.transpose(hc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', k]
             _readout_chunk(hc3, True, t0, t + 1, mb, bb, w2, b2, target, False, u, sq, u[0], u)
+
+
+@_njit(inline="always")
+def _dh_rotated(w, dz, dh, p0, p1, off, first):
+    """dh[p] (= when `first`, else +=) Σ_gate w[gate·P + p] dz[gate·P + p + off] for
+    p0 ≤ p < p1: one contiguous run of a rotation (`_lstm_dh_setup`), the gates summed in
+    order. Through slices, so that the loop indexes with its own counter only (numba's
+    handling of computed, possibly negative, indices keeps LLVM from vectorizing)."""
+    units = dh.shape[0]
+    d = dh[p0:p1]
+    w0, w1 = w[p0:p1], w[units + p0 : units + p1]
+    w2, w3 = w[2 * units + p0 : 2 * units + p1], w[3 * units + p0 : 3 * units + p1]
+    a, b = p0 + off, p1 + off
+    z0, z1 = dz[a:b], dz[units + a : units + b]
+    z2, z3 = dz[2 * units + a : 2 * units + b], dz[3 * units + a : 3 * units + b]
+    for i in range(p1 - p0):
+        v = w0[i] * z0[i] + w1[i] * z1[i] + w2[i] * z2[i] + w3[i] * z3[i]
+        d[i] = v if first else d[i] + v
 
 
 @_njit
@@ -286,44 +317,75 @@ def _lstm_backward(
     # (dwix, dwhx, dbx, and dx's per step) in float64.
     wt = hs.dtype
     one = _one(hs)
-    zero = one - one
     dz = np.zeros(4 * units, dtype=wt)
     dxt = np.zeros((n_batch, n_input))
     dh = np.zeros(units, dtype=wt)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
     dc_carry = np.zeros(units, dtype=wt)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
+    dcv = np.zeros(units, dtype=wt)  # dL/dc_t
+    czero = np.zeros(units, dtype=wt)  # c_{-1}
     xr = np.zeros((n_batch, n_input), dtype=wt)  # x_t and h_{t-1}, as `_lstm_step` reads them
     hr = np.zeros((n_seq, n_hidden), dtype=wt)
     xe = np.zeros((n_input, units), dtype=wt)
     he = np.zeros((n_hidden, units), dtype=wt)
     hprev = np.zeros(units, dtype=wt)
     mb, _ = _seq_rows(n_batch, n0, n_seq)
-    whr, rq = _lstm_dh_setup(w_hh, n_batch, n0, n_seq)
-    dzr = np.zeros(4 * units, dtype=wt)  # dz gathered by rq[r]
+    whr = _lstm_dh_setup(w_hh, n_batch, n0, n_seq)
     gc = np.zeros((_CHUNK, units))  # dL/dh_t from the read-out (or dhs), a chunk of steps
+    gc3 = np.transpose(gc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', j]
     t1 = n_steps
     while t1 > 0:  # time backwards, in chunks
         t0 = max(0, t1 - _CHUNK)
-        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc)
+        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            for p in range(units):
-                dh[p] += gc[s, p]  # (rounded to the storage type, then used)
-                i = gates[t, p]
-                f = gates[t, units + p]
-                g = gates[t, 2 * units + p]
-                o = gates[t, 3 * units + p]
-                c_prev = cs[t - 1, p] if t > 0 else zero
-                tc = tcs[t, p]
-                dc = dc_carry[p] + dh[p] * o * (one - tc * tc)
-                dz[p] = dc * g * i * (one - i)
-                dz[units + p] = dc * c_prev * f * (one - f)
-                dz[2 * units + p] = dc * i * (one - g * g)
-                dz[3 * units + p] = dh[p] * tc * o * (one - o)
-                dc_carry[p] = dc * f
+            if wide:
+                # The cell's backward as short loops over the units through slices, each
+                # loop touching few arrays (one loop over them all touched too many for LLVM
+                # to check for overlap, and stayed scalar); the same expressions per unit.
+                gs, tct = gc[s], tcs[t]
+                cp = cs[t - 1] if t > 0 else czero  # c_{t-1}
+                gi, gf = gates[t, :units], gates[t, units : 2 * units]
+                gg, go = gates[t, 2 * units : 3 * units], gates[t, 3 * units :]
+                z0, z1 = dz[:units], dz[units : 2 * units]
+                z2, z3 = dz[2 * units : 3 * units], dz[3 * units :]
+                for p in range(units):
+                    dh[p] += gs[p]  # (rounded to the storage type, then used)
+                for p in range(units):
+                    tc = tct[p]
+                    dcv[p] = dc_carry[p] + dh[p] * go[p] * (one - tc * tc)
+                for p in range(units):
+                    i = gi[p]
+                    z0[p] = dcv[p] * gg[p] * i * (one - i)
+                for p in range(units):
+                    f = gf[p]
+                    z1[p] = dcv[p] * cp[p] * f * (one - f)
+                for p in range(units):
+                    g = gg[p]
+                    z2[p] = dcv[p] * gi[p] * (one - g * g)
+                for p in range(units):
+                    o = go[p]
+                    z3[p] = dh[p] * tct[p] * o * (one - o)
+                for p in range(units):
+                    dc_carry[p] = dcv[p] * gf[p]
+            else:  # with few units one loop costs less
+                for p in range(units):
+                    dh[p] += gc[s, p]
+                    i = gates[t, p]
+                    f = gates[t, units + p]
+                    g = gates[t, 2 * units + p]
+                    o = gates[t, 3 * units + p]
+                    c_prev = cs[t - 1, p] if t > 0 else czero[p]
+                    tc = tcs[t, p]
+                    dc = dc_carry[p] + dh[p] * o * (one - tc * tc)
+                    dz[p] = dc * g * i * (one - i)
+                    dz[units + p] = dc * c_prev * f * (one - f)
+                    dz[2 * units + p] = dc * i * (one - g * g)
+                    dz[3 * units + p] = dh[p] * tc * o * (one - o)
+                    dc_carry[p] = dc * f
             for q in range(4 * units):
                 dbx[q] += dz[q]
             if wide:
-                _rows(x, t, xb, xe)
+                _rows(x, t, xb, n_seq, xe)
                 for gate in range(4):
                     base = gate * units
                     for k in range(n_input):
@@ -344,7 +406,7 @@ def _lstm_backward(
                         sx = 0.0
                         for gate in range(4):
                             for j in range(n_hidden):
-                                q = gate * units + n * n_hidden + j
+                                q = gate * units + j * n_seq + n
                                 sx += wix[k, q] * dz[q]
                         dxt[bi, k] += sx
                 for bi in range(n_batch):
@@ -355,8 +417,8 @@ def _lstm_backward(
             if wide:
                 for n in range(n_seq):
                     for k in range(n_hidden):
-                        hprev[n * n_hidden + k] = hs[n, t - 1, k]
-                _expand(hprev, n_hidden, he)
+                        hprev[k * n_seq + n] = hs[n, t - 1, k]
+                _expand_units(hprev, n_seq, he)
                 for k in range(n_hidden):
                     for gate in range(4):
                         base = gate * units
@@ -369,30 +431,19 @@ def _lstm_backward(
                 for k in range(n_hidden):
                     for q in range(4 * units):
                         dwhx[k, q] += dz[q] * hr[sb[q], k]
-            # dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[rq[r, gate·P + p]] (`_lstm_dh_setup`):
-            # one flat loop over the units per r, the same sums whatever the layout above.
-            for p in range(units):
-                dh[p] = (
-                    whr[0, p] * dz[p]
-                    + whr[0, units + p] * dz[units + p]
-                    + whr[0, 2 * units + p] * dz[2 * units + p]
-                    + whr[0, 3 * units + p] * dz[3 * units + p]
-                )
+            # dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[gate·P + (p + r·N') mod P]
+            # (`_lstm_dh_setup`): per r, flat loops over the units, the same sums whatever
+            # the path above.
+            _dh_rotated(whr[0], dz, dh, 0, units, 0, True)
             for r in range(1, n_hidden):
-                for q in range(4 * units):
-                    dzr[q] = dz[rq[r, q]]
-                for p in range(units):
-                    dh[p] += (
-                        whr[r, p] * dzr[p]
-                        + whr[r, units + p] * dzr[units + p]
-                        + whr[r, 2 * units + p] * dzr[2 * units + p]
-                        + whr[r, 3 * units + p] * dzr[3 * units + p]
-                    )
+                shift = r * n_seq
+                _dh_rotated(whr[r], dz, dh, 0, units - shift, shift, False)
+                _dh_rotated(whr[r], dz, dh, units - shift, units, shift - units, False)
         t1 = t0
     for n in range(n_seq):
         for gate in range(4):
             for j in range(n_hidden):
-                q = gate * units + n * n_hidden + j
+                q = gate * units + j * n_seq + n
                 r = gate * n_hidden + j
                 lb[n, r] = dbx[q]
                 for k in range(n_input):
