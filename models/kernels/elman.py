@@ -160,6 +160,18 @@ def _elman_forward(
         hf[u] = state[u]
 
 
+@_njit(inline="always")
+def _dz_step(hc, gc, carry, s, one, dz, dac):
+    """dz = (dL/dhs_t + W^T dz_{t+1}) (1 - h_t²) for step s of a chunk (hc row s + 1: h_t, gc
+    row s: dL/dhs_t, carry: W^T dz_{t+1}), per unit, whatever the layout of the units; and
+    dac[s] = dz (dL/da_t)."""
+    for u in range(dz.shape[0]):
+        h = hc[s + 1, u]
+        dz[u] = gc[s, u]  # dL/dhs_t, rounded to the storage type
+        dz[u] = (dz[u] + carry[u]) * (one - h * h)
+        dac[s, u] = dz[u]
+
+
 @_njit
 def _elman_backward(
     dhs, readout, err, w2, scale, project, x, hs, w, n_batch, n0, da, lw, lb, lw1, lb1
@@ -206,11 +218,7 @@ def _elman_backward(
         _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            for u in range(units):
-                h = hc[s + 1, u]
-                dz[u] = gc[s, u]  # dL/dhs_t, rounded to the storage type
-                dz[u] = (dz[u] + carry[u]) * (one - h * h)
-                dac[s, u] = dz[u]
+            _dz_step(hc, gc, carry, s, one, dz, dac)
             if t == 0:
                 break
             for u in range(units):
@@ -293,23 +301,11 @@ def _elman_forward_wide(
     a, project, x, w1, b1, w, b, n_batch, n0, h, start, keep_hs, hs, readout, w2, b2, target,
     grads, err, sq, se, seh,
 ):  # fmt: skip
-    """The Elman recurrence of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row
-    b) with w[K,H,H], b[K,H]; h[N',H] carries their state in and out; hs[N',T,H] gets their
-    states when `keep_hs`.
-
-    Each step's input a_t is a[N',T,H] given, or with `project` the input projection of
-    x[B,T,I] by w1[K,H,I], b1[K,H] computed here in float64 (`a` then unused). With
-    `readout`, each step's read-out y = W2_m h + b2_m (w2[K,O,H], b2[K,O]) and its error
-    e = y - target[b, t] in float64: sq[n] = Σ e², and with `grads` also err[N',T,O] = e,
-    se[n, o] = Σ_t e and seh[n, o, k] = Σ_t e h_k (the sums the backward pass scales), each
-    sequence's sums in time order. Unused arguments may be any arrays of their types.
-
-    With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
-    is ignored on entry; otherwise `h` holds the step before step 0 (chunked inference).
-    Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
-    time-major buffers in the unit-major layout (`_wide_setup`), so every loop of a step
-    runs over the group's sequences or units, contiguous, with no gathers; the arithmetic of
-    each unit is the same whatever the group.
+    """`_elman_forward` (same arguments, same results bit for bit) in the unit-major layout
+    (`_wide_setup`): the time-major chunk buffers hold unit j of the group's N' sequences
+    contiguously, and every loop of a step, of the input projection and of the read-out
+    (with its error sums, per sequence in time order) runs over those N' sequences, so LLVM
+    vectorizes it; x and the target are gathered once per chunk (`_gather`).
     """
     n_seq, n_hidden = h.shape
     n_steps = x.shape[1] if project else a.shape[1]
@@ -430,20 +426,10 @@ def _elman_forward_wide(
 def _elman_backward_wide(
     dhs, readout, err, w2, scale, project, x, hs, w, n_batch, n0, da, lw, lb, lw1, lb1
 ):
-    """BPTT of sequences n0 … n0+N'-1 from the forward's hs[N',T,H]: per sequence the
-    gradient sums lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), which
-    `glue.reduce_members` adds up per member, and dL/da for the input projection a_t.
-
-    dL/dhs is dhs[N',T,H], or with `readout` the read-out's Σ_o scale_m err[n, t, o] W2_m[o]
-    (err[N',T,O], w2[K,O,H], scale[K]; as `glue._dh_chunk`). dL/da goes to da[N',T,H], or
-    with `project` into the input projection's own sums lw1[N',H,I] = Σ_t da_t x_tᵀ and
-    lb1[N',H] = Σ_t da_t (x[B,T,I]; `da` then unused). Unused arguments may be any arrays of
-    their types.
-
-    z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
-    dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
-    kept per unit in float64. Time runs backwards in chunks through time-major buffers in the
-    unit-major layout, as in `_elman_forward`.
+    """`_elman_backward` (same arguments, same results bit for bit) in the unit-major layout,
+    as `_elman_forward_wide`: dL/dh from the read-out, the recurrent gradient sums, W^T dz
+    (no gathers: for each unit k a sum over j of contiguous runs) and the projection's sums
+    all run over the group's sequences per unit.
     """
     n_seq, n_steps, n_hidden = hs.shape
     wx, _ = _wide_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
@@ -494,11 +480,7 @@ def _elman_backward_wide(
             _load_units(dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            for u in range(units):
-                h = hc[s + 1, u]
-                dz[u] = gc[s, u]  # dL/dhs_t, rounded to the storage type
-                dz[u] = (dz[u] + carry[u]) * (one - h * h)
-                dac[s, u] = dz[u]
+            _dz_step(hc, gc, carry, s, one, dz, dac)
             if t == 0:
                 break
             for u in range(units):

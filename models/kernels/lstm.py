@@ -134,11 +134,13 @@ def _expand_units(v, n_seq, out):
 
 # Up to this many units (P = sequences · H) a step's loops run flat over the 4P gate lanes and
 # gather each lane's x and h values; beyond, they run per gate block over the P units and read
-# x and h laid out per unit (no gathers, but 4 × (I + H) short loops a step instead of I + H).
+# x and h expanded per unit (`_rows`, `_expand_units`: block copies, but 4 × (I + H) short
+# loops a step instead of I + H), and the backward's cell loop is split into short loops.
 # Measured here (training forward, backward and the validation pass of 2-10 sequences, H = 2,
-# median of interleaved ratios): at 6 units the gathers cost less (the per-unit layout ~11 %
-# slower), from 8 units on the per-unit layout wins (8-12 units: 7-14 %; 16-20: 27-37 %).
-# Both do the same operations in the same order per lane: the same bits.
+# median of interleaved ratios; before the lanes were unit-major, when the expansion was a
+# gather too): at 6 units the gathers cost less (the per-unit path ~11 % slower), from 8 units
+# on the per-unit path wins (8-12 units: 7-14 %; 16-20: 27-37 %). Both do the same operations
+# in the same order per lane: the same bits.
 _WIDE_UNITS = 6
 
 
