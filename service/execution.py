@@ -77,7 +77,12 @@ class _EpochWriter(threading.Thread):
     def put(self, row: lifecycle.EpochRow) -> None:
         with self.cond:
             self.pending.append((time.monotonic(), row))
-            self.cond.notify_all()
+            # Only the first epoch of a batch wakes the writer (it may be waiting for work).
+            # While it writes or coalesces it needs no wake-up, and waking it every epoch
+            # cost the trainer a thread switch per epoch: Elman with one network spent
+            # ~11 % more per epoch in a worker than in-process, ~5 % without.
+            if len(self.pending) == 1:
+                self.cond.notify_all()
 
     def catch_up(self) -> None:
         """Block while the oldest unwritten epoch is older than max_lag_s."""
@@ -121,7 +126,7 @@ class _EpochWriter(threading.Thread):
                 del self.pending[: len(batch)]
                 self.cancel = self.cancel or cancel
                 self.cond.notify_all()
-                # Let the next epochs pile up (puts notify; only closing cuts this short).
+                # Let the next epochs pile up (only closing cuts this short).
                 deadline = time.monotonic() + self.coalesce_s
                 while not self.closing and (left := deadline - time.monotonic()) > 0:
                     self.cond.wait(left)
