@@ -248,8 +248,9 @@ def test_members_in_parallel_threads_give_the_same_bits(
     dy = torch.randn(size, 3, 80, 1, generator=torch.Generator().manual_seed(2))
     target = torch.randn(3, 80, 1, generator=torch.Generator().manual_seed(3))
     results = []
-    # 15 sequences at size 5: groups of 15, 8 + 7, 5 + 5 + 5 and 2, on both sides of the
-    # sizes at which the Elman kernels change layout (elman.forward_kernel, backward_kernel).
+    # 15 sequences at size 5: groups of 15, 8 + 7, 5 + 5 + 5 and 8 groups of 1-2, on both
+    # sides of the group sizes at which the Elman kernels change layout (elman.forward_kernel,
+    # backward_kernel) and the LSTM's change path (lstm._WIDE_UNITS).
     for threads in (1, 2, 3, 8):
         kernels.set_threads(threads)
         y = pop(x)
