@@ -254,29 +254,13 @@ def _elman_backward(
 
 
 @_njit(inline="always")
-def _wide_setup(w, b, n_batch, n0, n_seq):
-    """Constants over the flat state of sequences n0 … n0+N'-1 in the unit-major layout
-    u = j·N' + n' (unit j of local sequence n' = n - n0, sequence n = m·B + b of member m):
-    wx[j, k, n'] = W_m[j, k] and bx[u] = b_m[j], in the storage type as the arithmetic."""
-    n_hidden = w.shape[1]
-    wx = np.empty((n_hidden, n_hidden, n_seq), dtype=w.dtype)
-    bx = np.empty(n_hidden * n_seq, dtype=w.dtype)
-    for local in range(n_seq):
-        m = (n0 + local) // n_batch
-        for j in range(n_hidden):
-            bx[j * n_seq + local] = b[m, j]
-            for k in range(n_hidden):
-                wx[j, k, local] = w[m, j, k]
-    return wx, bx
-
-
-@_njit(inline="always")
-def _spread(w, n_batch, n0, n_seq, used):
-    """out[a, c, n'] = float64(w[m, a, c]) for local sequence n' of member m (w[K, A, C]): a
-    member's weights at each of its sequences' positions, so that the per-sequence loops run
-    over n' (contiguous). Empty (n' = 0) when not `used` (w may then be any array)."""
+def _spread(w, n_batch, n0, n_seq, used, like):
+    """out[a, c, n'] = w[m, a, c] in `like`'s type for local sequence n' of member m
+    (w[K, A, C]): a member's weights at each of its sequences' positions, so that the loops
+    over a unit's sequences run over n' (contiguous); the unit-major layout's constants.
+    Empty (n' = 0) when not `used` (w may then be any array)."""
     width = n_seq if used else 0
-    out = np.empty((w.shape[1], w.shape[2], width))
+    out = np.empty((w.shape[1], w.shape[2], width), dtype=like.dtype)
     for local in range(width):
         m = (n0 + local) // n_batch
         for a in range(w.shape[1]):
@@ -302,7 +286,7 @@ def _elman_forward_wide(
     grads, err, sq, se, seh,
 ):  # fmt: skip
     """`_elman_forward` (same arguments, same results bit for bit) in the unit-major layout
-    (`_wide_setup`): the time-major chunk buffers hold unit j of the group's N' sequences
+    (u = j·N' + n'): the time-major chunk buffers hold unit j of the group's N' sequences
     contiguously, and every loop of a step, of the input projection and of the read-out
     (with its error sums, per sequence in time order) runs over those N' sequences, so LLVM
     vectorizes it; x and the target are gathered once per chunk (`_gather`).
@@ -310,21 +294,24 @@ def _elman_forward_wide(
     n_seq, n_hidden = h.shape
     n_steps = x.shape[1] if project else a.shape[1]
     units = n_seq * n_hidden
-    wx, bx = _wide_setup(w, b, n_batch, n0, n_seq)
+    pv = np.empty(n_seq)  # float64 sums over the sequences: projection, read-out
+    # wx[j, k, n'] = W_m[j, k] and bx[j·N' + n'] = b_m[j] in the storage type, as the
+    # arithmetic; the projection's and read-out's weights in float64, as their sums.
+    wx = _spread(w, n_batch, n0, n_seq, True, h)
+    bx = _spread(b.reshape(b.shape[0], b.shape[1], 1), n_batch, n0, n_seq, True, h).reshape(units)
     _, bb = _seq_rows(n_batch, n0, n_seq)
     wt = h.dtype  # arithmetic in the storage type
     one = _one(h)
     two = one + one
     n_in = x.shape[2] if project else 0
     n_out = w2.shape[1] if readout else 0
-    w1x = _spread(w1, n_batch, n0, n_seq, project)
-    b1x = _spread(b1.reshape(b1.shape[0], b1.shape[1], 1), n_batch, n0, n_seq, project)
-    w2x = _spread(w2, n_batch, n0, n_seq, readout)
-    b2x = _spread(b2.reshape(b2.shape[0], b2.shape[1], 1), n_batch, n0, n_seq, readout)
+    w1x = _spread(w1, n_batch, n0, n_seq, project, pv)
+    b1x = _spread(b1.reshape(b1.shape[0], b1.shape[1], 1), n_batch, n0, n_seq, project, pv)
+    w2x = _spread(w2, n_batch, n0, n_seq, readout, pv)
+    b2x = _spread(b2.reshape(b2.shape[0], b2.shape[1], 1), n_batch, n0, n_seq, readout, pv)
     xg = np.empty((_CHUNK, n_in, n_seq))  # x at each sequence's row (`_gather`)
     tg = np.empty((_CHUNK, n_out, n_seq))  # the target, likewise
     ec = np.empty((_CHUNK, n_out, n_seq))  # the errors of a chunk
-    pv = np.empty(n_seq)  # float64 sums over the sequences: projection, read-out
     sqv = np.zeros(n_seq)
     sev = np.zeros((n_out, n_seq))
     sehv = np.zeros((n_out, n_hidden, n_seq))
@@ -432,15 +419,15 @@ def _elman_backward_wide(
     all run over the group's sequences per unit.
     """
     n_seq, n_steps, n_hidden = hs.shape
-    wx, _ = _wide_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
+    wx = _spread(w, n_batch, n0, n_seq, True, hs)  # wx[j, k, n'] = W_m[j, k]
     mb, bb = _seq_rows(n_batch, n0, n_seq)
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; the sums in float64
     one = _one(hs)
     n_in = x.shape[2] if project else 0
     n_out = w2.shape[1] if readout else 0
-    w2x = _spread(w2, n_batch, n0, n_seq, readout)
     sc = np.empty(n_seq)  # scale_m of each sequence
+    w2x = _spread(w2, n_batch, n0, n_seq, readout, sc)  # in float64
     for local in range(n_seq if readout else 0):
         sc[local] = scale[mb[local]]
     dwx = np.zeros((n_hidden, n_hidden, n_seq))  # Σ_t dz_j h_{t-1,k}: lw[n', j, k]
