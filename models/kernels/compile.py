@@ -4,7 +4,10 @@ the branch-free math (exp, fma) that lets LLVM vectorize a time step's activatio
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,14 +23,12 @@ from numba.extending import intrinsic, overload
 # --- numba compile cache --------------------------------------------------------------------
 
 
-def _fallback_cache_dir() -> str | None:
-    """A private per-user cache dir under the temp dir, or None if it cannot be trusted.
+def _private_dir(path: str) -> str | None:
+    """`path`, created if needed, if it is a directory only we can write, else None.
 
     Numba's cache holds pickles and machine code, so a directory someone else could have
     planted in a shared /tmp must not be loaded: it must be ours and writable by us only.
     """
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    path = os.path.join(tempfile.gettempdir(), f"rnnlab-numba-cache-{uid}")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
@@ -38,6 +39,54 @@ def _fallback_cache_dir() -> str | None:
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         return None
     return path
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources_digest(package: str = _HERE) -> str:
+    """A digest of every module of the package: numba checks only the source file of the
+    function it caches, so an edit to a helper it inlines from another file (an intrinsic in
+    `simd`, an exp here) would otherwise load stale machine code."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py"):
+            with open(os.path.join(package, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()[:16]
+
+
+def _cache_dirs() -> list[str]:
+    """Where the compiled kernels may be cached, in order of preference: a directory named by
+    `_sources_digest` under NUMBA_CACHE_DIR if set, else beside this package (`__pycache__`),
+    else in a private per-user directory under the temp dir."""
+    version = f"numba-{_sources_digest()}"
+    if numba_config.CACHE_DIR:
+        return [os.path.join(numba_config.CACHE_DIR, "rnnlab", version)]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return [
+        os.path.join(_HERE, "__pycache__", version),
+        os.path.join(tempfile.gettempdir(), f"rnnlab-numba-cache-{uid}", version),
+    ]
+
+
+@functools.cache
+def _cache_dir() -> str | None:
+    """The first usable of `_cache_dirs` (`usable_cache_dir`)."""
+    return usable_cache_dir(_cache_dirs())
+
+
+def usable_cache_dir(candidates: list[str]) -> str | None:
+    """The first candidate whose parent and itself are private directories (created if
+    needed); older versions' directories beside it are removed."""
+    for path in candidates:
+        if _private_dir(os.path.dirname(path)) and _private_dir(path):
+            parent = os.path.dirname(path)
+            for name in os.listdir(parent):
+                if name.startswith("numba-") and name != os.path.basename(path):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            return path
+    return None
 
 
 @contextlib.contextmanager
@@ -53,38 +102,28 @@ def _numba_cache_dir(path: str) -> Iterator[None]:
 
 
 def _njit(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """`numba.njit(cache=True, ...)` with a cache location that works from a read-only install.
-
-    Numba looks, in order, at NUMBA_CACHE_DIR, `__pycache__` next to this file, then its
-    user-wide dir (~/.cache/numba); when none is writable (a read-only image whose user has no
-    writable home) it refuses to decorate. Then we point it at a private temp dir, and failing
-    that compile in memory: once per process, slower to start but still correct.
+    """`numba.njit(cache=True, ...)`, cached in `_cache_dir` (a directory per version of these
+    sources, writable even from a read-only install), else compiled in memory: once per
+    process, slower to start but still correct.
 
     error_model="numpy": IEEE division instead of a ZeroDivisionError check in every step.
     nogil: the loops touch only arrays, so other threads (a web server's event loop, other
     requests) run while a long sequence is computed.
 
-    No `parallel=True`: on 2 cores, prange over the batch made the LSTM forward kernel 1.5×
-    (batch 3) and 1.8× (batch 9) faster alone, but a whole training epoch only went from 9.3
-    to 8.8 ms with 1 torch thread and got slower (10.0 ms) with 2, as numba's threads and
-    torch's compete for the cores; it gains nothing for a single sequence. It would also bring
-    an OpenMP runtime that is not fork-safe, and numba's fallback "workqueue" layer, which
-    aborts the process when two threads launch parallel kernels at once (a threaded web
-    server does).
+    No `parallel=True`: prange's threads would compete with torch's for the cores, it brings
+    an OpenMP runtime that is not fork-safe, and numba's fallback "workqueue" layer aborts
+    the process when two threads launch parallel kernels at once (a threaded web server
+    does). Sequences are spread over threads by the callers instead (`glue.run_groups`).
     """
     if fn is None:
         return lambda f: _njit(f, **options)
     options = {"cache": True, "error_model": "numpy", "nogil": True, **options}
-    try:
-        return numba.njit(**options)(fn)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        pass
-    path = _fallback_cache_dir()
+    path = _cache_dir()
     if path is not None:
         with _numba_cache_dir(path):
             try:
                 return numba.njit(**options)(fn)
-            except RuntimeError:
+            except RuntimeError:  # "cannot cache function ...: no locator available"
                 pass
     return numba.njit(**{**options, "cache": False})(fn)
 

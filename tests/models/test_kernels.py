@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from numba.core import config as numba_config
 
 from models import TrainConfig, build_model, kernels, make_splits, predict, train
+from models.kernels import compile as compile_module
 from models.kernels.compile import _exp
 from models.networks import reference_mode
 
@@ -408,11 +408,8 @@ def test_training_losses_equal_reference(kind: str) -> None:
 
 
 def _probe_module(tmp_path: Path) -> object:
-    """A module whose __pycache__ can never be created (a file holds its name), as from a
-    read-only install; even root cannot write there."""
     src = tmp_path / "pkg"
-    src.mkdir()
-    (src / "__pycache__").write_text("")
+    src.mkdir(parents=True)
     path = src / "rnnlab_probe.py"
     path.write_text("def plus_one(x):\n    return x + 1\n")
     spec = importlib.util.spec_from_file_location("rnnlab_probe", path)
@@ -422,39 +419,55 @@ def _probe_module(tmp_path: Path) -> object:
     return module
 
 
-@pytest.fixture
-def no_numba_cache_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No NUMBA_CACHE_DIR and no usable user-wide cache dir; returns the temp dir to use."""
-    home = tmp_path / "home"
-    home.write_text("")  # a file: ~/.cache/numba cannot be created under it
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
-    monkeypatch.setattr(numba_config, "CACHE_DIR", "")
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp
+def test_kernels_are_cached_per_version_of_their_sources(tmp_path: Path) -> None:
+    # numba itself checks only the cached function's own file; an edit to any module of the
+    # package (an intrinsic in simd.py) must lead to another cache directory.
+    package = tmp_path / "kernels"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (package / "b.py").write_text("y = 1\n")
+    before = compile_module._sources_digest(str(package))
+    (package / "b.py").write_text("y = 2\n")
+    assert compile_module._sources_digest(str(package)) != before
+    assert compile_module._sources_digest() in (compile_module._cache_dir() or "")
 
 
-def test_cache_falls_back_to_a_private_temp_dir(tmp_path: Path, no_numba_cache_dirs: Path) -> None:
-    fn = kernels._njit(_probe_module(tmp_path).plus_one)
-    assert fn(1) == 2
-    cache_path = Path(fn._cache._cache_path)
-    expected = no_numba_cache_dirs / f"rnnlab-numba-cache-{os.getuid()}"
-    assert cache_path.is_relative_to(expected)
-    assert any(cache_path.iterdir())  # the compiled function was written there
-    assert expected.stat().st_mode & 0o777 == 0o700
-    assert numba_config.CACHE_DIR == ""  # the override was only around the decoration
+def test_cache_falls_back_to_a_private_temp_dir(tmp_path: Path) -> None:
+    blocked = tmp_path / "pkg" / "__pycache__"  # a file: nothing can be created under it
+    blocked.parent.mkdir()
+    blocked.write_text("")
+    fallback = tmp_path / "tmp" / f"rnnlab-numba-cache-{os.getuid()}" / "numba-1"
+    candidates = [str(blocked / "numba-1"), str(fallback)]
+    assert compile_module.usable_cache_dir(candidates) == str(fallback)
+    assert fallback.parent.stat().st_mode & 0o777 == 0o700
+    older = fallback.parent / "numba-0"  # an earlier version's cache is removed
+    older.mkdir()
+    assert compile_module.usable_cache_dir(candidates) == str(fallback)
+    assert not older.exists()
 
 
-def test_cache_refuses_a_shared_temp_dir(tmp_path: Path, no_numba_cache_dirs: Path) -> None:
-    planted = no_numba_cache_dirs / f"rnnlab-numba-cache-{os.getuid()}"
+def test_cache_refuses_a_shared_temp_dir(tmp_path: Path) -> None:
+    planted = tmp_path / f"rnnlab-numba-cache-{os.getuid()}"
     planted.mkdir(mode=0o777)
     planted.chmod(0o777)  # anyone could have put compiled code here: do not load from it
-    fn = kernels._njit(_probe_module(tmp_path).plus_one)
-    assert fn(1) == 2  # compiled in memory instead
-    assert type(fn._cache).__name__ == "NullCache"
+    assert compile_module.usable_cache_dir([str(planted / "numba-1")]) is None
     assert not any(planted.iterdir())
+
+
+def test_njit_caches_in_the_chosen_dir_or_compiles_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = tmp_path / "cache"
+    monkeypatch.setattr(compile_module, "_cache_dir", lambda: str(where))
+    fn = kernels._njit(_probe_module(tmp_path).plus_one)
+    assert fn(1) == 2
+    assert Path(fn._cache._cache_path).is_relative_to(where)
+    assert any(Path(fn._cache._cache_path).iterdir())  # the compiled function was written
+    assert numba_config.CACHE_DIR == ""  # the override was only around the decoration
+    monkeypatch.setattr(compile_module, "_cache_dir", lambda: None)
+    fn = kernels._njit(_probe_module(tmp_path / "again").plus_one)
+    assert fn(1) == 2
+    assert type(fn._cache).__name__ == "NullCache"
 
 
 # --- CUDA (only where a GPU is present) -----------------------------------------------------
