@@ -39,9 +39,15 @@ fused kernels are single-threaded numba loops either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -237,12 +243,19 @@ def _population_epoch(args: argparse.Namespace, splits: Any, kind: str, k: int) 
 
 
 def _served_durations(
-    base_url: str, kind: str, population: int, epochs: tuple[int, int], lr: float
-) -> list[float]:
-    """Wall seconds from started_at to finished_at of one run per epoch count."""
+    base_url: str,
+    kind: str,
+    population: int,
+    epochs: tuple[int, int],
+    lr: float,
+    *,
+    with_path: bool = False,
+) -> Any:
+    """Wall seconds from started_at to finished_at of one run per epoch count (with
+    with_path, also the training path the runs took)."""
     import httpx
 
-    out = []
+    out, paths = [], set()
     with httpx.Client(base_url=base_url, timeout=60) as http:
         for n in epochs:
             body = {"model": kind, "epochs": n, "seed": 1, "population": population}
@@ -259,27 +272,18 @@ def _served_durations(
             started = datetime.fromisoformat(run["started_at"])
             finished = datetime.fromisoformat(run["finished_at"])
             out.append((finished - started).total_seconds())
+            paths.add(run.get("train_path"))
+    if with_path:
+        return out, ",".join(sorted(str(p) for p in paths))
     return out
 
 
-def service_rows(args: argparse.Namespace) -> None:
-    """Per-epoch cost through `rnnlab serve` next to models.fit in-process."""
-    import contextlib
-    import os
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-
+@contextlib.contextmanager
+def serve_for_benchmark() -> Iterator[str]:
+    """A real `rnnlab serve` (SQLite in a temporary directory, one local worker) on a free
+    port, ready (its worker warmed up); yields its URL."""
     import httpx
 
-    e1, e2 = args.service_epochs
-    default_k = TrainConfig().population
-    print(
-        f"\nservice: per-epoch ms = (run of {e2} epochs - run of {e1}) / {e2 - e1}; "
-        "rnnlab serve with 1 local worker on SQLite vs models.fit in this process"
-    )
-    print(f"{'kind':<6} {'K':>3} {'in-process':>11} {'service':>9} {'overhead':>9}")
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -290,7 +294,7 @@ def service_rows(args: argparse.Namespace) -> None:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300  # a first start may calibrate the paths
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     if httpx.get(f"{url}/readyz").json().get("status") == "ok":
@@ -298,30 +302,43 @@ def service_rows(args: argparse.Namespace) -> None:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("rnnlab serve did not become ready")
                 time.sleep(0.2)
-            for kind in ("lstm", "elman"):
-                for k in dict.fromkeys((1, default_k)):
-                    served, local = [], []
-                    for _ in range(args.service_rounds):  # alternating: a slow spell hits both
-                        a, b = _served_durations(url, kind, k, (e1, e2), args.lr)
-                        served.append((b - a) / (e2 - e1))
-                        ts = []
-                        for n in (e1, e2):
-                            cfg = TrainConfig(
-                                model=kind, epochs=n, seed=1, population=k, learning_rate=args.lr
-                            )
-                            start = time.perf_counter()
-                            fit(cfg)
-                            ts.append(time.perf_counter() - start)
-                        local.append((ts[1] - ts[0]) / (e2 - e1))
-                    service = statistics.median(served)
-                    inproc = statistics.median(local)
-                    print(
-                        f"{kind:<6} {k:>3} {inproc * 1e3:11.2f} {service * 1e3:9.2f} "
-                        f"{(service / inproc - 1) * 100:8.1f}%"
-                    )
+            yield url
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def service_rows(args: argparse.Namespace) -> None:
+    """Per-epoch cost through `rnnlab serve` next to models.fit in-process."""
+    e1, e2 = args.service_epochs
+    default_k = TrainConfig().population
+    print(
+        f"\nservice: per-epoch ms = (run of {e2} epochs - run of {e1}) / {e2 - e1}; "
+        "rnnlab serve with 1 local worker on SQLite vs models.fit in this process"
+    )
+    print(f"{'kind':<6} {'K':>3} {'in-process':>11} {'service':>9} {'overhead':>9}")
+    with serve_for_benchmark() as url:
+        for kind in ("lstm", "elman"):
+            for k in dict.fromkeys((1, default_k)):
+                served, local = [], []
+                for _ in range(args.service_rounds):  # alternating: a slow spell hits both
+                    a, b = _served_durations(url, kind, k, (e1, e2), args.lr)
+                    served.append((b - a) / (e2 - e1))
+                    ts = []
+                    for n in (e1, e2):
+                        cfg = TrainConfig(
+                            model=kind, epochs=n, seed=1, population=k, learning_rate=args.lr
+                        )
+                        start = time.perf_counter()
+                        fit(cfg)
+                        ts.append(time.perf_counter() - start)
+                    local.append((ts[1] - ts[0]) / (e2 - e1))
+                service = statistics.median(served)
+                inproc = statistics.median(local)
+                print(
+                    f"{kind:<6} {k:>3} {inproc * 1e3:11.2f} {service * 1e3:9.2f} "
+                    f"{(service / inproc - 1) * 100:8.1f}%"
+                )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from models.data import (
 )
 from models.kernels import adam as kernel_adam
 from models.networks import MODEL_KINDS
+from models.paths import PATHS, FusedPath, TorchPath, ValidationRun
 from models.population import Population, build_population
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -132,6 +133,7 @@ class History:
     best_member: list[int] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
     stopped: bool = False  # True when should_stop() ended training early
+    path: str | None = None  # how the epochs were computed (`models.paths`)
 
     @property
     def epochs_completed(self) -> int:
@@ -348,6 +350,7 @@ def train(
     on_epoch: Callable[[int, float, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_report: Callable[[EpochReport], None] | None = None,
+    path: str | None = None,
 ) -> History:
     """Train with MSE and Adam; report each epoch's mean train and validation loss.
 
@@ -358,28 +361,29 @@ def train(
     `config.restore_best` (else from the last epoch). A member whose loss turns non-finite
     stops at once; when every member's does, FloatingPointError. A single network is
     trained as a population of one and its weights are written back into it.
+
+    `path` ("fused", "torch"; None: `models.chooser.choose_path`) is how an epoch is
+    computed (`models.paths`); `history.path` says which. A single network's validation runs
+    beside the next epoch's training where a second thread is available (the epoch's report
+    comes after it; it uses a copy of that epoch's weights).
     """
     pop = model if isinstance(model, Population) else Population([model])
     device = _model_device(pop)
     X, T = _as_tensors(splits.train, device)
     Xv, Tv = _as_tensors(splits.valid, device)
     optimizer = make_optimizer(pop, config.learning_rate)
+    engine = make_path(path, pop, X, T, Xv, Tv, config)
     history = History(
-        members=[Member(index=i, seed=s) for i, s in zip(pop.indices, pop.seeds, strict=True)]
+        members=[Member(index=i, seed=s) for i, s in zip(pop.indices, pop.seeds, strict=True)],
+        path=engine.name,
     )
     halvings = halving_epochs(config.epochs, pop.size)
     best_weights: dict[int, list[torch.Tensor]] = {}  # member index → its best epoch's weights
-    for epoch in range(1, config.epochs + 1):
-        if should_stop is not None and should_stop():
-            history.stopped = True
-            break
-        lr = learning_rate_at(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_losses = train_epoch(pop, optimizer, X, T, config.batch_size, config.clip_grad_norm)
-        pop.eval()
-        with torch.no_grad():
-            valid_losses = _member_mse(pop, Xv, Tv)
+
+    def record(epoch: int, train_losses: list[float], run: ValidationRun, lr: float) -> None:
+        """Epoch `epoch`'s bookkeeping and reports; halving or the end shrink the population."""
+        nonlocal optimizer
+        valid_losses = run.result()
         finite, improved = [], []
         for pos, idx in enumerate(pop.indices):
             rec = history.members[idx]
@@ -397,7 +401,7 @@ def train(
             # One copy per parameter of the members that improved (not one per member and
             # parameter: with 8 members that was ~50 small copies an epoch).
             rows = torch.tensor(improved, dtype=torch.long, device=device)
-            snaps = [p.detach().index_select(0, rows) for p in pop.params]
+            snaps = [w.detach().index_select(0, rows) for w in run.weights]
             for r, pos in enumerate(improved):
                 best_weights[pop.indices[pos]] = [snap[r] for snap in snaps]
         if not finite:
@@ -429,6 +433,33 @@ def train(
             keep = [best] if best in keep else keep[:1]
         if keep != list(range(pop.size)):
             optimizer = _shrink(pop, optimizer, keep, lr)
+
+    # An epoch whose validation runs beside the next epoch's training, not yet recorded.
+    pending: tuple[int, list[float], ValidationRun, float] | None = None
+    with engine.threads():
+        for epoch in range(1, config.epochs + 1):
+            if should_stop is not None and should_stop():
+                history.stopped = True
+                break
+            lr = learning_rate_at(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pop.train()
+            train_losses = engine.train_epoch(pop, optimizer, lr, config.clip_grad_norm)
+            if pending is not None:
+                record(*pending)
+                pending = None
+            pop.eval()
+            # Beside the next epoch only where nothing waits on this epoch's result: one
+            # member (no halving) and not the last epoch.
+            beside = pop.size == 1 and epoch < config.epochs
+            run = engine.validate(pop, beside_training=beside)
+            if run.pending:
+                pending = (epoch, train_losses, run, lr)
+            else:
+                record(epoch, train_losses, run, lr)
+        if pending is not None:
+            record(*pending)
     pop.eval()
     if not history.stopped and history.epochs_completed:
         history.members[pop.indices[0]].kept = True
@@ -439,6 +470,38 @@ def train(
     if pop is not model:  # a population of one shares the network's storage: already updated
         model.eval()
     return history
+
+
+def make_path(
+    name: str | None,
+    pop: Population,
+    X: torch.Tensor,
+    T: torch.Tensor,
+    Xv: torch.Tensor,
+    Tv: torch.Tensor,
+    config: TrainConfig,
+) -> FusedPath | TorchPath:
+    """The training path `name` ("fused", "torch"; None: `choose_path`'s) for this run."""
+    from models.chooser import choose_path
+
+    if name is None:
+        name = choose_path(
+            model=pop.kind,
+            hidden_size=pop.n_hidden,
+            batch_size=config.batch_size,
+            population=pop.size,
+            n_sequences=(X.shape[0], Xv.shape[0]),
+            seq_len=X.shape[1],
+            device=X.device.type,
+            fused_ok=FusedPath.supports(pop, X),
+        )
+    if name == "fused":
+        if not FusedPath.supports(pop, X):
+            raise ValueError("the fused path needs float32 or float64 parameters on the CPU")
+        return FusedPath(pop, X, T, Xv, Tv, config.batch_size)
+    if name == "torch":
+        return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member)
+    raise ValueError(f"path must be one of {', '.join(PATHS)}; got {name!r}")
 
 
 def evaluate(model: nn.Module, split: Split) -> Metrics:

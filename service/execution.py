@@ -6,11 +6,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from safetensors.torch import save as save_safetensors
 
-from models import EpochReport, build_population, evaluate, make_splits, resolve_device, train
+from models import (
+    EpochReport,
+    TrainConfig,
+    build_population,
+    evaluate,
+    make_splits,
+    resolve_device,
+    train,
+)
+from models.chooser import choose_path
 from service import lifecycle, metrics
 from service.db import Database
 from service.lifecycle import Claim, LostClaim
@@ -148,6 +158,40 @@ class _EpochWriter(threading.Thread):
             raise self.error
 
 
+def hold(
+    path: Path, reported: int, should_stop: Callable[[], bool], cancelled: Callable[[], bool]
+) -> bool:
+    """Tests only (RNNLAB_HOLD_FILE): wait while `path` exists and the run has reported at
+    least the epochs it names (empty: 2), until the worker is told to stop or the run is
+    cancelled; True when it was cancelled meanwhile (the run stops there)."""
+    while not should_stop():
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            text = ""
+        if reported < (int(text) if text.isdigit() else 2):
+            return False
+        if cancelled():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def choose_path_for(cfg: TrainConfig, device: torch.device) -> str:
+    """The training path `models.chooser` picks for this run's shape on this machine."""
+    return choose_path(
+        model=cfg.model,
+        hidden_size=cfg.hidden_size,
+        batch_size=cfg.batch_size,
+        population=cfg.population,
+        n_sequences=(cfg.n_sequences, cfg.n_sequences),
+        seq_len=cfg.seq_len,
+        device=device.type,
+    )
+
+
 def checkpoint_bytes(model: torch.nn.Module, *, kind: str, run_id: str) -> bytes:
     """The model's state_dict as safetensors, tensor names unchanged."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -168,34 +212,48 @@ def execute(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     heartbeat_interval_s: float = 5.0,
+    train_path: str = "auto",
+    hold_file: Path | None = None,
 ) -> str:
     """Train a claimed run to its end; return the status it ended in ("lost" if taken away).
 
     `should_stop` is the worker's shutdown flag: when it turns true the run stops at the next
-    epoch boundary and goes back to the queue.
+    epoch boundary and goes back to the queue. `train_path` (RNNLAB_TRAIN_PATH): "auto"
+    (`models.chooser.choose_path`), "fused" or "torch". `hold_file`: RNNLAB_HOLD_FILE, tests
+    only (`hold`).
     """
     start = time.perf_counter()
-    status = _execute(db, claim, should_stop, heartbeat_interval_s)
+    status = _execute(db, claim, should_stop, heartbeat_interval_s, train_path, hold_file)
     model = str(claim.config.get("model", "unknown"))
     metrics.run_ended(model, status, time.perf_counter() - start)
     return status
 
 
 def _execute(
-    db: Database, claim: Claim, should_stop: Callable[[], bool], heartbeat_interval_s: float
+    db: Database,
+    claim: Claim,
+    should_stop: Callable[[], bool],
+    heartbeat_interval_s: float,
+    train_path: str,
+    hold_file: Path | None,
 ) -> str:
     try:
         cfg = config_from_json(claim.config)
         device = resolve_device(cfg.device)
-        lifecycle.set_device(db, claim, str(device))
+        path = train_path if train_path != "auto" else choose_path_for(cfg, device)
+        if path == "fused" and device.type != "cpu":
+            path = "torch"  # the fused kernels are the CPU's; RNNLAB_TRAIN_PATH is a preference
+        lifecycle.set_device(db, claim, str(device), train_path=path)
         splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
         pop = build_population(
             cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
         ).to(device)
 
         stopwatch = metrics.Stopwatch()
+        reported = [0]
 
         def on_report(report: EpochReport) -> None:
+            reported[0] = report.epoch
             metrics.epoch(cfg.model, stopwatch.lap())
             writer.put(
                 lifecycle.EpochRow(
@@ -207,12 +265,17 @@ def _execute(
                 )
             )
 
+        def cancelled() -> bool:
+            return writer.cancel or lifecycle.cancel_requested(db, claim)
+
         def stop_now() -> bool:
+            if hold_file is not None and hold(hold_file, reported[0], should_stop, cancelled):
+                return True
             writer.catch_up()
             return writer.cancel or writer.lost or beat.lost or should_stop()
 
         with _Heartbeat(db, claim, heartbeat_interval_s) as beat, _EpochWriter(db, claim) as writer:
-            history = train(pop, splits, cfg, on_report=on_report, should_stop=stop_now)
+            history = train(pop, splits, cfg, on_report=on_report, should_stop=stop_now, path=path)
         cancel = writer.cancel
         if beat.lost or writer.lost:
             raise LostClaim(f"run {claim.run_id} was taken away while training")

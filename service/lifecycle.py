@@ -94,9 +94,10 @@ def heartbeat(db: Database, c: Claim) -> None:
         _update_owned(session, c, heartbeat_at=utcnow())
 
 
-def set_device(db: Database, c: Claim, device: str) -> None:
+def set_device(db: Database, c: Claim, device: str, train_path: str | None = None) -> None:
+    """Record where the claimed run trains: its device and its training path."""
     with db.writing() as session:
-        _update_owned(session, c, device=device, heartbeat_at=utcnow())
+        _update_owned(session, c, device=device, train_path=train_path, heartbeat_at=utcnow())
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ def to_read(run: Run) -> RunRead:
         epochs_completed=run.epochs_completed,
         attempt=run.attempt,
         device=run.device,
+        train_path=run.train_path,
         error=run.error,
         sweep_id=run.sweep_id,
         metrics=RunMetrics(

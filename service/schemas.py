@@ -161,6 +161,7 @@ RUN_EXAMPLE: dict[str, Any] = {
     "epochs_completed": 300,
     "attempt": 1,
     "device": "cpu",
+    "train_path": "fused",
     "error": None,
     "metrics": {
         "train_loss": 0.0007333060881743828,
@@ -188,6 +189,12 @@ class RunRead(BaseModel):
     epochs_completed: int
     attempt: int
     device: str | None
+    train_path: str | None = Field(
+        default=None,
+        description="how the run trains: 'fused' (rnnlab's compiled kernels, CPU) or 'torch' "
+        "(torch's own recurrent layers), chosen per shape unless RNNLAB_TRAIN_PATH forces one; "
+        "null until a worker starts it",
+    )
     error: str | None
     metrics: RunMetrics
     sweep_id: str | None = Field(default=None, description="the sweep that created it, if any")

@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     celery_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
     # Torch/numba threads per worker; 0 spreads the cores evenly over the workers.
     threads_per_worker: int = Field(default=0, ge=0)
+    # How runs train (models.paths): "auto" takes the path models.chooser predicts faster for
+    # the run's shape on this machine; "fused" (rnnlab's compiled kernels, CPU only) or
+    # "torch" (torch's own recurrent layers) forces one.
+    train_path: Literal["auto", "fused", "torch"] = "auto"
+    # Tests only: while this file exists, a worker holds its run at each epoch boundary once
+    # the run has reported as many epochs as the file says (empty: 2), heartbeats going on,
+    # until the file is removed or the worker is told to stop. Tests interrupt runs there
+    # whatever the kernels' speed.
+    hold_file: Path | None = None
 
     # Run lifecycle.
     heartbeat_interval_s: float = Field(default=5.0, gt=0)

@@ -94,6 +94,7 @@ class Run(Base):
     requeues: Mapped[int] = mapped_column(Integer, default=0)  # re-queues after a lost worker
     worker_id: Mapped[str | None] = mapped_column(String(128))
     device: Mapped[str | None] = mapped_column(String(32))
+    train_path: Mapped[str | None] = mapped_column(String(16))  # models.paths: fused, torch
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     train_loss: Mapped[float | None] = mapped_column(Float)

@@ -71,22 +71,27 @@ def configure_threads(settings: Settings) -> None:
 
 
 def warm_up_models() -> None:
-    """Compile (or load from numba's disk cache) every kernel now, not on the first run."""
+    """Compile (or load from numba's disk cache) every kernel now, not on the first run, and
+    load (or measure, once per machine and thread count) the training paths' calibration."""
     import torch
 
     from models import MODEL_KINDS, TrainConfig, build_model, make_splits, train
+    from models.chooser import load_calibration
     from models.population import build_population
 
+    load_calibration()
     for kind in MODEL_KINDS:
         model = build_model(kind)
         x = torch.zeros(1, 2, model.n_input)
-        model(x).sum().backward()  # the training kernels, forward and backward
         with torch.inference_mode():
             model(x)  # the inference kernels
-        # A population's epoch: the member kernels, the fused loss, validation, Adam.
-        cfg = TrainConfig(model=kind, epochs=1, population=2, n_sequences=2, seq_len=4, seed=0)
-        splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
-        train(build_population(kind, seed=0, size=2), splits, cfg)
+        # An epoch of the default shape's lane kernels, with and without a population.
+        for size in (2, 1):
+            cfg = TrainConfig(
+                model=kind, epochs=2, population=size, n_sequences=2, seq_len=4, seed=0
+            )
+            splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
+            train(build_population(kind, seed=0, size=size), splits, cfg, path="fused")
 
 
 class Worker:
@@ -128,6 +133,8 @@ class Worker:
             claim,
             should_stop=self.stopping,
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            train_path=self.settings.train_path,
+            hold_file=self.settings.hold_file,
         )
         log.info("worker %s: run %s %s", self.worker_id, claim.run_id, outcome)
         return outcome

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +78,16 @@ def run_groups(fn: Callable[[int, int], None], groups: list[tuple[int, int]]) ->
     finally:
         for future in futures:
             future.result()
+
+
+def submit(fn: Callable[[], Any]) -> Future[Any]:
+    """fn() in a pool thread (the same pool as `run_groups`'), now."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnlab-k")
+        pool = _pool
+    return pool.submit(fn)
 
 
 @_njit(inline="always")

@@ -304,9 +304,7 @@ def _pow2_from(typingctx: Any, shifted: Any, magic: Any) -> Any:
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         bits, mantissa, bias = (32, 23, 127) if shifted.dtype == types.float32 else (64, 52, 1023)
         it = ir.VectorType(ir.IntType(bits), LANES)
-        magic_bits = int(
-            np.array(1.5 * 2.0**mantissa, dtype=f"float{bits}").view(f"int{bits}")
-        )
+        magic_bits = int(np.array(1.5 * 2.0**mantissa, dtype=f"float{bits}").view(f"int{bits}"))
         k = builder.bitcast(args[0], it)
         biased = builder.add(k, ir.Constant(it, [bias - magic_bits] * LANES))
         shifted_bits = builder.shl(biased, ir.Constant(it, [mantissa] * LANES))

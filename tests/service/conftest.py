@@ -16,11 +16,29 @@ from service.app import create_app
 from service.db import Database
 from service.settings import Settings
 
+HOLD_FILE = "hold"  # RNNLAB_HOLD_FILE's name in a test's data directory
+
+
+def hold_runs(data_dir: Path, after: int = 2) -> Path:
+    """Workers of `data_dir` (`make_settings`, or RNNLAB_HOLD_FILE pointing here) hold their
+    runs at every epoch boundary once `after` epochs are reported, until the returned file
+    is removed (`release`), the worker stops or the run is cancelled: a test interrupts a
+    run mid-training there however fast the kernels are (Settings.hold_file)."""
+    path = data_dir / HOLD_FILE
+    path.write_text(str(after))
+    return path
+
+
+def release(data_dir: Path) -> None:
+    (data_dir / HOLD_FILE).unlink(missing_ok=True)
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: fast heartbeats and polling, no local workers unless asked."""
+    """Settings for tests: fast heartbeats and polling, no local workers unless asked; runs
+    held while `hold_runs` says so."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
+        "hold_file": data_dir / HOLD_FILE,
         "workers": 0,
         "heartbeat_interval_s": 0.2,
         "heartbeat_timeout_s": 3.0,

@@ -1,7 +1,7 @@
 """Runs trained end to end by real worker processes: results, concurrency, cancel, errors, stop.
 
-Runs meant to be interrupted have so many epochs (or enough of them) that they cannot end
-before the test acts: every epoch writes to the database, which bounds how fast one can be.
+Runs meant to be interrupted are held at their epoch boundaries from epoch 2 on until the
+test releases them (`hold_runs`): no test counts on a run taking a while.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ from service.app import create_app
 from service.settings import Settings
 from service.tables import Run
 from service.workers import Worker
-from tests.service.conftest import db_row, make_settings, run_body, wait_for
+from tests.service.conftest import (
+    db_row,
+    hold_runs,
+    make_settings,
+    release,
+    run_body,
+    wait_for,
+)
 
-# Long enough to interrupt at epoch 2 whatever the kernels' speed, short enough to finish
-# in a few seconds once re-queued (≈2-3 ms an epoch on one worker, mostly the database).
-INTERRUPTIBLE_EPOCHS = 1000
-ENDLESS_EPOCHS = 100_000  # a run only a cancel (or the test's cleanup) ends
+INTERRUPTIBLE_EPOCHS = 40  # held from epoch 2 on (`hold_runs`) until the test releases it
 START_TIMEOUT = 90.0  # spawned workers import torch first: seconds on a busy 2-core machine
 
 
@@ -78,6 +82,10 @@ def worker_ids(client: TestClient, run_ids: list[str]) -> dict[str, str | None]:
     with client.app.state.db.reading() as session:  # type: ignore[attr-defined]
         rows = session.execute(select(Run.id, Run.worker_id).where(Run.id.in_(run_ids))).all()
     return dict(rows)  # type: ignore[arg-type]
+
+
+def data_dir(client: TestClient) -> Path:
+    return client.app.state.settings.data_dir  # type: ignore[attr-defined,no-any-return]
 
 
 def cancel_quietly(client: TestClient, run_id: str) -> None:
@@ -149,6 +157,7 @@ def test_two_workers_train_runs_at_the_same_time(pool_client: TestClient) -> Non
     client = pool_client
     epochs = 300
     models = ["elman", "lstm", "lstm", "elman"]
+    hold_runs(data_dir(client))  # until both workers have one
     ids = [submit(client, model=m, epochs=epochs, seed=i) for i, m in enumerate(models)]
     try:
         most_running = 0
@@ -157,6 +166,8 @@ def test_two_workers_train_runs_at_the_same_time(pool_client: TestClient) -> Non
             nonlocal most_running
             running = client.get("/runs", params={"status": "running", "limit": 100}).json()
             most_running = max(most_running, len(running["items"]))
+            if most_running == 2:
+                release(data_dir(client))
             return {i: get_run(client, i)["status"] for i in ids}
 
         statuses = wait_for(
@@ -167,10 +178,11 @@ def test_two_workers_train_runs_at_the_same_time(pool_client: TestClient) -> Non
         )
         assert statuses == dict.fromkeys(ids, "succeeded")
     finally:
+        release(data_dir(client))
         for i in ids:
             cancel_quietly(client, i)
 
-    assert 1 <= most_running <= 2  # never more runs at once than workers
+    assert most_running == 2  # never more runs at once than workers, and both busy
     runs = [get_run(client, i) for i in ids]
     for run, model in zip(runs, models, strict=True):
         assert run["model"] == model
@@ -220,7 +232,8 @@ def test_cancel_queued_run(client: TestClient, settings: Settings) -> None:
 
 def test_cancel_running_run(pool_client: TestClient) -> None:
     client = pool_client
-    run_id = submit(client, epochs=ENDLESS_EPOCHS)
+    hold_runs(data_dir(client))  # the cancel finds it running
+    run_id = submit(client, epochs=INTERRUPTIBLE_EPOCHS)
     try:
         wait_epochs(client, run_id, 2)
 
@@ -230,9 +243,10 @@ def test_cancel_running_run(pool_client: TestClient) -> None:
 
         run = wait_status(client, run_id, "cancelled", timeout=30)
     finally:
+        release(data_dir(client))
         cancel_quietly(client, run_id)
 
-    assert 2 <= run["epochs_completed"] < ENDLESS_EPOCHS
+    assert 2 <= run["epochs_completed"] < INTERRUPTIBLE_EPOCHS
     assert run["finished_at"] is not None
     assert run["error"] is None
     assert run["attempt"] == 1
@@ -317,6 +331,7 @@ def test_diverging_runs(client: TestClient, settings: Settings) -> None:
 
 def test_graceful_shutdown_requeues_and_a_new_app_finishes(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, workers=1)
+    hold_runs(tmp_path)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         run_id = submit(client, epochs=INTERRUPTIBLE_EPOCHS)
         wait_epochs(client, run_id, 2)
@@ -330,6 +345,7 @@ def test_graceful_shutdown_requeues_and_a_new_app_finishes(tmp_path: Path) -> No
     assert row["requeues"] == 0  # a shutdown is not a lost worker
     assert 2 <= row["epochs_completed"] < INTERRUPTIBLE_EPOCHS
 
+    release(tmp_path)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         try:
             run = wait_status(client, run_id, "succeeded")
@@ -339,3 +355,26 @@ def test_graceful_shutdown_requeues_and_a_new_app_finishes(tmp_path: Path) -> No
         assert run["epochs_completed"] == INTERRUPTIBLE_EPOCHS
         losses = get_losses(client, run_id)
         assert losses["epochs"] == list(range(1, INTERRUPTIBLE_EPOCHS + 1))
+
+
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_a_run_trains_on_the_path_the_settings_force_and_says_so(tmp_path: Path, path: str) -> None:
+    settings = make_settings(tmp_path, train_path=path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        run_id = submit(client, model="elman", epochs=4)
+        assert get_run(client, run_id)["train_path"] is None  # not decided before a worker
+        work_burst(settings)
+        run = get_run(client, run_id)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["train_path"] == path
+    assert run["epochs_completed"] == 4
+    assert run["metrics"]["verdict"] is not None
+
+
+def test_a_run_takes_the_chosen_path_by_default(client: TestClient, settings: Settings) -> None:
+    # The notebook's shape: the fused kernels, far ahead of torch's layers at 2 units.
+    run_id = submit(client, epochs=2, data={"n_sequences": 3, "seq_len": 300})
+    work_burst(settings)
+    run = get_run(client, run_id)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["train_path"] == "fused"

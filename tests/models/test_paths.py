@@ -1,0 +1,206 @@
+"""The training paths (models.paths) against the reference, and the chooser (models.chooser)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import TrainConfig, build_population, kernels, make_splits, train
+from models import chooser as chooser_module
+from models.chooser import Calibration, Line, choose_path, epoch_seconds
+from models.networks import reference_mode
+from models.paths import PATHS, batch_grads
+
+KINDS = ("elman", "lstm")
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> Iterator[None]:
+    torch_threads, kernel_threads = torch.get_num_threads(), kernels.get_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    kernels.set_threads(kernel_threads)
+
+
+def _reference(pop: object, x: torch.Tensor, t: torch.Tensor) -> tuple[list[float], list]:
+    """Each member's MSE and gradients from the readable per-step forward (reference_mode)."""
+    with reference_mode():
+        per_member = ((pop(x) - t) ** 2).mean(dim=(1, 2, 3))  # type: ignore[operator]
+    params = list(pop.params)  # type: ignore[attr-defined]
+    found = torch.autograd.grad(per_member.sum(), params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, found, strict=True)]
+    return per_member.detach().double().tolist(), grads
+
+
+# Hidden sizes on both sides of the fused kernels' compiled-in sizes (lanes.UNROLL_MAX = 8)
+# and of the chooser's crossovers; sequences on both sides of a lane group (8 lanes); one
+# step (Elman: no recurrent term at all) and several.
+CASES = [
+    # kind, hidden, members, batch, steps, dtype
+    ("lstm", 1, 1, 1, 1, torch.float32),
+    ("lstm", 2, 1, 3, 50, torch.float32),
+    ("lstm", 3, 3, 3, 37, torch.float32),
+    ("lstm", 8, 8, 2, 20, torch.float32),
+    ("lstm", 9, 2, 5, 33, torch.float32),
+    ("lstm", 20, 1, 9, 12, torch.float32),
+    ("lstm", 3, 2, 4, 17, torch.float64),
+    ("elman", 1, 1, 1, 1, torch.float32),
+    ("elman", 2, 1, 3, 50, torch.float32),
+    ("elman", 3, 3, 3, 37, torch.float32),
+    ("elman", 8, 8, 2, 20, torch.float32),
+    ("elman", 9, 2, 5, 33, torch.float32),
+    ("elman", 20, 1, 9, 12, torch.float32),
+    ("elman", 3, 2, 4, 17, torch.float64),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("kind", "hidden", "members", "batch", "steps", "dtype"), CASES)
+def test_every_path_equals_the_reference(
+    path: str, kind: str, hidden: int, members: int, batch: int, steps: int, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(hidden * 100 + members * 10 + batch)
+    x = (torch.rand(batch, steps, 2, generator=gen, dtype=dtype) * 2 - 1).contiguous()
+    t = torch.randn(batch, steps, 1, generator=gen, dtype=dtype)
+    pop = build_population(kind, seed=hidden + members, size=members, n_hidden=hidden).to(dtype)
+    losses, grads = batch_grads(path, pop, x, t)
+    ref_losses, ref_grads = _reference(pop, x, t)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(losses, ref_losses, rtol=tol, atol=tol)
+    for name, g, r in zip(pop.names, grads, ref_grads, strict=True):
+        scale = max(1.0, float(r.abs().max()))  # relative for sums over many steps
+        torch.testing.assert_close(g, r, rtol=0, atol=tol * scale, msg=name)
+
+
+def _train(kind: str, path: str, **overrides: object) -> tuple[object, list[torch.Tensor]]:
+    values: dict[str, object] = dict(
+        model=kind, epochs=6, n_sequences=5, seq_len=60, population=3, seed=2
+    )
+    cfg = TrainConfig(**{**values, **overrides})  # type: ignore[arg-type]
+    splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
+    pop = build_population(kind, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size)
+    history = train(pop, splits, cfg, path=path)
+    return history, [p.detach().clone() for p in pop.params]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("path", PATHS)
+def test_each_path_is_reproducible_bit_for_bit(kind: str, path: str) -> None:
+    first, w1 = _train(kind, path, clip_grad_norm=0.5)
+    second, w2 = _train(kind, path, clip_grad_norm=0.5)
+    assert first.path == second.path == path  # type: ignore[attr-defined]
+    assert first.train_loss == second.train_loss  # type: ignore[attr-defined]
+    assert first.valid_loss == second.valid_loss  # type: ignore[attr-defined]
+    for a, b in zip(w1, w2, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("population", [1, 3])
+def test_fused_path_gives_the_same_bits_on_any_number_of_threads(
+    kind: str, population: int
+) -> None:
+    # With one member and a second thread the validation runs beside the next epoch.
+    runs = []
+    for threads in (1, 2, 3):
+        kernels.set_threads(threads)
+        runs.append(_train(kind, "fused", population=population))
+    for history, weights in runs[1:]:
+        assert history.train_loss == runs[0][0].train_loss  # type: ignore[attr-defined]
+        assert history.valid_loss == runs[0][0].valid_loss  # type: ignore[attr-defined]
+        assert history.best_member == runs[0][0].best_member  # type: ignore[attr-defined]
+        for a, b in zip(weights, runs[0][1], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_paths_train_alike(kind: str) -> None:
+    # The same recipe on both paths: the same trajectory within float32 rounding.
+    fused, wf = _train(kind, "fused")
+    torch_, wt = _train(kind, "torch")
+    assert (fused.path, torch_.path) == ("fused", "torch")  # type: ignore[attr-defined]
+    np.testing.assert_allclose(fused.train_loss, torch_.train_loss, rtol=1e-4)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(fused.valid_loss, torch_.valid_loss, rtol=1e-4)  # type: ignore[attr-defined]
+    for a, b in zip(wf, wt, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="path must be one of fused, torch"):
+        _train("lstm", "gpu")
+
+
+# --- the chooser --------------------------------------------------------------------------
+
+
+def _calibration(fused_b: float, torch_b: float) -> Calibration:
+    lines = {}
+    for kind in KINDS:
+        lines[f"{kind}/fused"] = Line(1e-6, fused_b)
+        lines[f"{kind}/torch"] = Line(2e-5, torch_b)
+    return Calibration(train=dict(lines), valid=dict(lines))
+
+
+NOTEBOOK = dict(batch_size=3, population=1, n_sequences=(9, 9), seq_len=3000, device="cpu")
+
+
+def test_the_chooser_follows_the_cost_model() -> None:
+    # Fused steps cost 1 µs + 2.6 ns per unit of work, torch's 20 µs + 0.1 ns (the shape of
+    # this machine's calibration): fused wins small, torch large.
+    cal = _calibration(2.6e-9, 1e-10)
+    small = choose_path(model="lstm", hidden_size=2, calibration=cal, **NOTEBOOK)  # type: ignore[arg-type]
+    large = choose_path(model="lstm", hidden_size=256, calibration=cal, **NOTEBOOK)  # type: ignore[arg-type]
+    assert (small, large) == ("fused", "torch")
+    # The decision is the cheaper prediction of `epoch_seconds`, nothing else.
+    for hidden in (2, 16, 32, 48, 64, 128):
+        shape = dict(model="lstm", hidden_size=hidden, batch_size=3, population=1,
+                     n_sequences=(9, 9), seq_len=3000, threads=kernels.get_threads())  # fmt: skip
+        fused = epoch_seconds(cal, "fused", **shape)  # type: ignore[arg-type]
+        torch_ = epoch_seconds(cal, "torch", **shape)  # type: ignore[arg-type]
+        expected = "fused" if fused <= torch_ else "torch"
+        got = choose_path(model="lstm", hidden_size=hidden, calibration=cal, **NOTEBOOK)  # type: ignore[arg-type]
+        assert got == expected
+        # Deterministic: the same calibration, the same answer.
+        assert choose_path(model="lstm", hidden_size=hidden, calibration=cal, **NOTEBOOK) == got  # type: ignore[arg-type]
+    # A slower fused path moves the crossover down.
+    slow = _calibration(2.6e-7, 1e-10)
+    assert choose_path(model="lstm", hidden_size=16, calibration=slow, **NOTEBOOK) == "torch"  # type: ignore[arg-type]
+
+
+def test_the_chooser_takes_torch_off_the_cpu_and_where_fused_cannot_run() -> None:
+    cal = _calibration(1e-12, 1.0)  # fused would win anything
+    shape = dict(model="elman", hidden_size=2, batch_size=3, population=1, n_sequences=(9, 9),
+                 seq_len=30, calibration=cal)  # fmt: skip
+    assert choose_path(device="cuda", **shape) == "torch"  # type: ignore[arg-type]
+    assert choose_path(device="cpu", fused_ok=False, **shape) == "torch"  # type: ignore[arg-type]
+    assert choose_path(device="cpu", **shape) == "fused"  # type: ignore[arg-type]
+
+
+def test_calibration_is_measured_once_and_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = tmp_path / "calibration.json"
+    monkeypatch.setattr(chooser_module, "calibration_path", lambda: str(stored))
+    monkeypatch.setattr(chooser_module, "_memory", {})
+    measured = []
+
+    def fake_calibrate() -> Calibration:
+        measured.append(1)
+        return _calibration(3e-9, 2e-10)
+
+    monkeypatch.setattr(chooser_module, "calibrate", fake_calibrate)
+    assert chooser_module.load_calibration(measure=False) is None
+    first = chooser_module.load_calibration()
+    assert measured == [1]
+    entries = json.loads(stored.read_text())
+    assert list(entries) == [chooser_module._machine_key()]
+    monkeypatch.setattr(chooser_module, "_memory", {})  # a new process: read from the file
+    again = chooser_module.load_calibration()
+    assert measured == [1]
+    assert again == first
