@@ -23,6 +23,7 @@ state (torch's keys: step, exp_avg, exp_avg_sq) and returns each member's mean t
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -281,8 +282,30 @@ def population_forward(pop: Population, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+_torch_threads = threading.local()
+
+
+def _one_torch_thread() -> None:
+    """torch on one OpenMP thread in this thread too. A thread torch did not start keeps
+    OpenMP's default team size whatever torch.set_num_threads said in another, and oneDNN's
+    recurrent kernels then ran 20-40× slower in a pool thread here."""
+    if not getattr(_torch_threads, "set", False) and torch.get_num_threads() == 1:
+        torch.set_num_threads(1)
+        _torch_threads.set = True
+
+
 class TorchPath:
-    """Training through torch's own fused recurrent layers (any device)."""
+    """Training through torch's own fused recurrent layers (any device).
+
+    On the CPU with several threads (`kernels.get_threads`) and batches of at least two rows
+    per thread, a batch's rows are split over them, each part's forward and backward on one
+    torch thread, its gradient from torch.autograd.grad (its own graph, no shared .grad),
+    the parts' sums added in a fixed order: no per-step synchronisation, where torch's own
+    threads meet at every step of every matrix product. Validation is split the same way.
+    With smaller batches one thread trains, and a single network's validation runs beside
+    the next epoch's training. Results are reproducible for a given thread count (the split
+    and the order of the sums depend on it).
+    """
 
     name = "torch"
 
@@ -299,47 +322,91 @@ class TorchPath:
         self.X, self.T, self.Xv, self.Tv = X, T, Xv, Tv
         self.batch_size = batch_size
         self._clip_members = clip_members
+        self.threads_available = kernels.get_threads() if X.device.type == "cpu" else 1
+        split = min(batch_size, X.shape[0]) >= 2 * self.threads_available
+        self.parts = self.threads_available if split else 1
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:
-        """One torch thread while a validation may run beside the training (two OpenMP
-        teams on the same cores would wait on each other)."""
+        """One torch thread per part, or while a validation may run beside the training
+        (two OpenMP teams on the same cores would wait on each other)."""
         saved = torch.get_num_threads()
-        if kernels.get_threads() > 1 and self.X.device.type == "cpu":
+        if self.threads_available > 1:
             torch.set_num_threads(1)
         try:
             yield
         finally:
             torch.set_num_threads(saved)
 
+    @staticmethod
+    def _part(
+        pop: Population, x: torch.Tensor, t: torch.Tensor, count: int
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        """Each member's sum of squared errors on rows (x, t) [K], and the gradient of
+        Σ_members sse / count (their share of the batch's mean losses) for every parameter."""
+        _one_torch_thread()
+        with torch.enable_grad():
+            sse = ((population_forward(pop, x) - t) ** 2).sum(dim=(1, 2, 3))
+            grads = torch.autograd.grad(sse.sum() / count, list(pop.params), allow_unused=True)
+        return sse.detach().double().cpu(), grads
+
+    def _parts(self, pop: Population, xb: torch.Tensor, tb: torch.Tensor, count: int,
+               ranges: list[tuple[int, int]]) -> dict[tuple[int, int], Any]:  # fmt: skip
+        """`_part` of each row range, in the threads."""
+        parts: dict[tuple[int, int], Any] = {}
+
+        def work(a: int, b: int) -> None:
+            parts[(a, b)] = self._part(pop, xb[a:b], tb[a:b], count)
+
+        glue.run_groups(work, ranges)
+        return parts
+
     def train_epoch(self, pop: Population, optimizer: Any, lr: float, clip: float) -> list[float]:
         n = self.X.shape[0]
         weighted = torch.zeros(pop.size, dtype=torch.float64)
         for i in range(0, n, self.batch_size):
             xb, tb = self.X[i : i + self.batch_size], self.T[i : i + self.batch_size]
+            count = tb.numel()
+            ranges = member_ranges(xb.shape[0], self.parts)
+            parts = self._parts(pop, xb, tb, count, ranges)
+            sse = sum((parts[r][0] for r in ranges[1:]), parts[ranges[0]][0])
             optimizer.zero_grad(set_to_none=True)
-            per_member = ((population_forward(pop, xb) - tb) ** 2).mean(dim=(1, 2, 3))
-            per_member.sum().backward()
+            for k, p in enumerate(pop.params):
+                found = [parts[r][1][k] for r in ranges if parts[r][1][k] is not None]
+                p.grad = sum(found[1:], found[0]) if found else None
             if clip > 0:
                 self._clip_members(list(pop.parameters()), clip)
             optimizer.step()
-            weighted += per_member.detach().double().cpu() * xb.shape[0]
+            # Each batch's mean at the data's precision, as the fused path reports it.
+            weighted += (sse / count).to(self.X.dtype).double() * xb.shape[0]
         return (weighted / n).tolist()
 
     def _validate(self, pop: Population, weights: Sequence[torch.Tensor]) -> list[float]:
-        total = torch.zeros(pop.size, dtype=torch.float64)
         names = pop.names
-        with torch.no_grad():
-            for m in range(pop.size):
-                member = {n: w[m] for n, w in zip(names, weights, strict=True)}
-                for i in range(0, self.Xv.shape[0], 64):
-                    y = torch_forward(pop.kind, member, self.Xv[i : i + 64])
-                    total[m] += ((y - self.Tv[i : i + 64]) ** 2).double().sum().cpu()
+        ranges = member_ranges(self.Xv.shape[0], self.parts)
+        totals: dict[tuple[int, int], torch.Tensor] = {}
+
+        def work(a: int, b: int) -> None:
+            _one_torch_thread()
+            total = torch.zeros(pop.size, dtype=torch.float64)
+            with torch.no_grad():
+                for m in range(pop.size):
+                    member = {n: w[m] for n, w in zip(names, weights, strict=True)}
+                    for i in range(a, b, 64):
+                        j = min(b, i + 64)
+                        y = torch_forward(pop.kind, member, self.Xv[i:j])
+                        total[m] += ((y - self.Tv[i:j]) ** 2).double().sum().cpu()
+            totals[(a, b)] = total
+
+        glue.run_groups(work, ranges)
+        total = sum((totals[r] for r in ranges[1:]), totals[ranges[0]])
         return (total / self.Tv.numel()).to(self.Xv.dtype).double().tolist()
 
     def validate(self, pop: Population, *, beside_training: bool = False) -> ValidationRun:
-        """Each member's validation MSE (as `FusedPath.validate`)."""
-        if beside_training and pop.size == 1 and kernels.get_threads() > 1:
+        """Each member's validation MSE: its rows split over the threads as the batches' are,
+        or, when one thread trains, with beside_training (one member), on a copy of the
+        weights in a pool thread while the caller trains on."""
+        if beside_training and self.parts == 1 and pop.size == 1 and self.threads_available > 1:
             weights = [p.detach().clone() for p in pop.params]
             return ValidationRun(glue.submit(lambda: self._validate(pop, weights)), None, weights)
         weights = list(pop.params)

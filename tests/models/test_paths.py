@@ -12,7 +12,7 @@ import torch
 
 from models import TrainConfig, build_population, kernels, make_splits, train
 from models import chooser as chooser_module
-from models.chooser import Calibration, Line, choose_path, epoch_seconds
+from models.chooser import Calibration, Cost, choose_path, epoch_seconds
 from models.networks import reference_mode
 from models.paths import PATHS, batch_grads
 
@@ -140,18 +140,19 @@ def test_an_unknown_path_is_refused() -> None:
 
 
 def _calibration(fused_b: float, torch_b: float) -> Calibration:
-    lines = {}
+    costs = {}
     for kind in KINDS:
-        lines[f"{kind}/fused"] = Line(1e-6, fused_b)
-        lines[f"{kind}/torch"] = Line(2e-5, torch_b)
-    return Calibration(train=dict(lines), valid=dict(lines))
+        costs[f"{kind}/fused"] = Cost(2e-5, 1e-6, fused_b)
+        costs[f"{kind}/fused-unrolled"] = Cost(2e-5, 1e-6, fused_b / 2)
+        costs[f"{kind}/torch"] = Cost(5e-4, 2e-6, torch_b)
+    return Calibration(train=dict(costs), valid=dict(costs))
 
 
 NOTEBOOK = dict(batch_size=3, population=1, n_sequences=(9, 9), seq_len=3000, device="cpu")
 
 
 def test_the_chooser_follows_the_cost_model() -> None:
-    # Fused steps cost 1 µs + 2.6 ns per unit of work, torch's 20 µs + 0.1 ns (the shape of
+    # Fused steps cost 1 µs + 2.6 ns per unit of work, torch's 2 µs + 0.1 ns (the shape of
     # this machine's calibration): fused wins small, torch large.
     cal = _calibration(2.6e-9, 1e-10)
     small = choose_path(model="lstm", hidden_size=2, calibration=cal, **NOTEBOOK)  # type: ignore[arg-type]
