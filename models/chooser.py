@@ -17,8 +17,8 @@ batch's rows over those threads and runs the members one after the other.
 Close calls. Where the two predictions are within a factor CLOSE of each other, the model's
 linear costs (which miss cache effects of long sequences, thread hand-offs, the unrolled
 sizes between the calibrated ones) are not trusted: both paths are timed once at the run's
-own shape (`probe`: a couple of batches and a validation pass over at most PROBE_STEPS
-steps, scaled to the run's length) and the faster is taken; the probe is stored with the
+own shape (`probe`: a couple of batches and a validation pass at two short lengths,
+extrapolated to the run's length) and the faster is taken; the probe is stored with the
 calibration, so the same shape decides the same way without timing again.
 
 The calibration. c, a, b come from timing both paths at a few sizes and two lengths on this
@@ -50,7 +50,7 @@ from models import kernels
 from models.kernels import compile as kernels_compile
 from models.kernels import lanes
 
-CALIBRATION_VERSION = 6
+CALIBRATION_VERSION = 8
 # Sizes the calibration times (hidden units, sequences per pass), spanning the range where
 # the paths compete (small steps: fixed costs; large: arithmetic). The fused kernels compile
 # the loops over units in up to lanes.UNROLL_MAX units, a regime of its own ("fused-unrolled",
@@ -135,8 +135,10 @@ def epoch_seconds(
     n_sequences: tuple[int, int],
     seq_len: int,
     threads: int,
+    split: bool = True,
 ) -> float:
-    """The model's seconds per epoch of `path` for this run's shape."""
+    """The model's seconds per epoch of `path` for this run's shape (torch: with its rows
+    split over the threads, or on one thread)."""
     n_train, n_valid = n_sequences
     key = f"{model}/{path}"
     if path == "fused" and hidden_size <= lanes.UNROLL_MAX:
@@ -155,8 +157,8 @@ def epoch_seconds(
         if population == 1 and threads > 1:  # validation beside the next epoch's training
             return max(train, valid)
         return train + valid
-    # paths.TorchPath: rows split over the threads when each gets two, else one thread.
-    parts = max(1, threads) if min(batch_size, n_train) >= 2 * threads else 1
+    # paths.TorchPath: the rows split over the threads, or one thread.
+    parts = max(1, threads) if split and min(batch_size, n_train) > 1 else 1
     train = population * sum(train_cost(seq_len, work(math.ceil(n / parts))) for n in batches)
     valid_rows = math.ceil(n_valid / parts)  # the busiest thread's, 64 a call
     valid = population * sum(valid_cost(seq_len, work(n)) for n in _passes(valid_rows, 64))
@@ -187,6 +189,7 @@ def _time_path(
     tv: torch.Tensor,
     batch: int,
     repeat: int = 5,
+    split: bool | None = None,
 ) -> tuple[float, float]:
     """Seconds of a training epoch over (x, t) in batches of `batch` rows and of a
     validation pass over (xv, tv), as `models.train` runs them on `path` (median of
@@ -199,7 +202,7 @@ def _time_path(
     if path == "fused":
         engine = FusedPath(pop, x, t, xv, tv, batch)
     else:
-        engine = TorchPath(pop, x, t, xv, tv, batch, _clip_per_member)
+        engine = TorchPath(pop, x, t, xv, tv, batch, _clip_per_member, split=split)
     with engine.threads():
         train = _timed(lambda: engine.train_epoch(pop, optimizer, 1e-3, 0.0), repeat)
         valid = _timed(lambda: engine.validate(pop).result(), repeat)
@@ -215,7 +218,7 @@ def _measure(kind: str, path: str, hidden: int, n_seq: int, steps: int) -> tuple
     x = torch.rand(n_seq, steps, 2, generator=gen) * 2 - 1
     t = torch.rand(n_seq, steps, 1, generator=gen)
     pop = build_population(kind, seed=0, size=1, n_hidden=hidden)
-    return _time_path(path, pop, x, t, x, t, n_seq)
+    return _time_path(path, pop, x, t, x, t, n_seq, split=True)
 
 
 def calibrate() -> Calibration:
@@ -234,8 +237,7 @@ def calibrate() -> Calibration:
                     short = _measure(kind, path, hidden, n_seq, t1)
                     long = _measure(kind, path, hidden, n_seq, t2)
                     # The work of one pass as `epoch_seconds` counts it (torch: one part).
-                    split = path == "torch" and n_seq >= 2 * parts
-                    per_part = math.ceil(n_seq / parts) if split else n_seq
+                    per_part = n_seq if path == "fused" else math.ceil(n_seq / parts)
                     work = _work(path, kind, hidden, per_part)
                     for points, s, ell in (
                         (t_points, short[0], long[0]),
@@ -327,43 +329,100 @@ def _store(stored: str, key: str, calibration: Calibration) -> None:
 
 
 CLOSE = 3.0  # predictions within this factor are decided by a probe at the run's shape
-PROBE_STEPS = 256
+PROBE_LENGTHS = (64, 256)  # steps of a probe's two timings
+# What a run can train on here: the fused path, or the torch path with its rows split over
+# the threads or on one (`paths.TorchPath`'s `split`).
+CANDIDATES = ("fused", "torch-split", "torch-serial")
 
 
 def probe_key(shape: dict[str, Any]) -> str:
     return json.dumps(shape, sort_keys=True)
 
 
-def probe(shape: dict[str, Any]) -> dict[str, float]:
-    """Seconds per epoch of each path at this shape, from timing both on random data of its
-    sizes: two batches and a validation pass of at most PROBE_STEPS steps, scaled to the
-    shape's numbers of batches, validation rows and steps."""
+def probe(shape: dict[str, Any], candidates: list[str]) -> dict[str, float]:
+    """Seconds per epoch of each of `candidates` at this shape, from timing it on random
+    data of the shape's sizes (two batches and a validation pass) at PROBE_LENGTHS steps,
+    extrapolated linearly to the shape's length (so fixed costs are not scaled with it) and
+    scaled to its numbers of batches and validation rows."""
     from models.population import build_population
 
     n_train, n_valid = shape["n_sequences"]
     batch = min(shape["batch_size"], n_train)
-    steps = min(shape["seq_len"], PROBE_STEPS)
     rows, valid_rows = min(n_train, 2 * batch), min(n_valid, 64)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(rows, steps, 2, generator=gen) * 2 - 1
-    t = torch.rand(rows, steps, 1, generator=gen)
-    xv = x.repeat(math.ceil(valid_rows / rows), 1, 1)[:valid_rows]
-    tv = t.repeat(math.ceil(valid_rows / rows), 1, 1)[:valid_rows]
+    lengths = sorted({min(shape["seq_len"], n) for n in PROBE_LENGTHS})
     out = {}
     with torch.random.fork_rng(devices=[]):
-        for path in ("fused", "torch"):
-            pop = build_population(
-                shape["model"], seed=0, size=shape["population"], n_hidden=shape["hidden_size"]
-            )
-            train, valid = _time_path(path, pop, x, t, xv, tv, batch, repeat=2)
-            train *= n_train / rows
-            valid *= n_valid / valid_rows
-            if path == "fused" and shape["population"] == 1 and shape["threads"] > 1:
-                seconds = max(train, valid)  # validation beside the next epoch's training
+        for candidate in candidates:
+            path = candidate.split("-")[0]
+            split = candidate == "torch-split"
+            seconds = []
+            for steps in lengths:
+                gen = torch.Generator().manual_seed(0)
+                x = torch.rand(rows, steps, 2, generator=gen) * 2 - 1
+                t = torch.rand(rows, steps, 1, generator=gen)
+                xv = x.repeat(math.ceil(valid_rows / rows), 1, 1)[:valid_rows]
+                tv = t.repeat(math.ceil(valid_rows / rows), 1, 1)[:valid_rows]
+                pop = build_population(
+                    shape["model"], seed=0, size=shape["population"], n_hidden=shape["hidden_size"]
+                )
+                train, valid = _time_path(path, pop, x, t, xv, tv, batch, repeat=3, split=split)
+                train *= n_train / rows
+                valid *= n_valid / valid_rows
+                # Validation beside the next epoch's training: one member, one training thread.
+                beside = shape["population"] == 1 and shape["threads"] > 1
+                beside = beside and (path == "fused" or not split or batch < 2)
+                seconds.append(max(train, valid) if beside else train + valid)
+            if len(lengths) == 1:
+                out[candidate] = seconds[0] * shape["seq_len"] / lengths[0]
             else:
-                seconds = train + valid
-            out[path] = seconds * shape["seq_len"] / steps
+                per_step = (seconds[1] - seconds[0]) / (lengths[1] - lengths[0])
+                out[candidate] = seconds[0] + per_step * (shape["seq_len"] - lengths[0])
     return out
+
+
+def estimates(
+    *,
+    model: str,
+    hidden_size: int,
+    batch_size: int,
+    population: int,
+    n_sequences: tuple[int, int],
+    seq_len: int,
+    calibration: Calibration | None = None,
+) -> dict[str, float]:
+    """Seconds per epoch of each of CANDIDATES for this shape on the CPU: from the cost model
+    (`epoch_seconds`); where others are within CLOSE of the best, those contenders' from the
+    shape's `probe` instead (timed now if it has none yet, and kept with the calibration)."""
+    stored = calibration is None
+    calibration = calibration or load_calibration()
+    assert calibration is not None
+    shape = dict(
+        model=model,
+        hidden_size=hidden_size,
+        batch_size=batch_size,
+        population=population,
+        n_sequences=list(n_sequences),
+        seq_len=seq_len,
+        threads=kernels.get_threads(),
+    )
+    modelled = {
+        "fused": epoch_seconds(calibration, "fused", **shape),  # type: ignore[arg-type]
+        "torch-split": epoch_seconds(calibration, "torch", split=True, **shape),  # type: ignore[arg-type]
+        "torch-serial": epoch_seconds(calibration, "torch", split=False, **shape),  # type: ignore[arg-type]
+    }
+    best = min(modelled.values())
+    contenders = [c for c in CANDIDATES if modelled[c] <= CLOSE * best]
+    if len(contenders) == 1:
+        return modelled
+    key = probe_key(shape)
+    if key not in calibration.probes:
+        timed = probe(shape, contenders)
+        with _lock:
+            calibration.probes[key] = timed
+            where = calibration_path()
+            if stored and where is not None:
+                _store(where, _machine_key(), calibration)
+    return {**modelled, **calibration.probes[key]}
 
 
 def choose_path(
@@ -379,35 +438,35 @@ def choose_path(
     calibration: Calibration | None = None,
 ) -> str:
     """ "fused" or "torch" for this run: "torch" off the CPU (or where the fused kernels do
-    not apply), else the one `epoch_seconds` predicts faster with this machine's
-    calibration (measured now if there is none yet), or, where the predictions are within
-    CLOSE of each other, the faster at this shape's `probe` (timed now if it has none yet,
-    and kept with the calibration); ties go to "fused"."""
+    not apply), else the path of the fastest of `estimates`; ties go to "fused"."""
     if device != "cpu" or not fused_ok:
         return "torch"
-    stored = calibration is None
-    calibration = calibration or load_calibration()
-    assert calibration is not None
-    shape = dict(
-        model=model,
-        hidden_size=hidden_size,
-        batch_size=batch_size,
-        population=population,
-        n_sequences=list(n_sequences),
-        seq_len=seq_len,
-        threads=kernels.get_threads(),
+    found = estimates(
+        model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
+        n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
+    )  # fmt: skip
+    return (
+        "fused" if found["fused"] <= min(found["torch-split"], found["torch-serial"]) else "torch"
     )
-    fused = epoch_seconds(calibration, "fused", **shape)  # type: ignore[arg-type]
-    torch_ = epoch_seconds(calibration, "torch", **shape)  # type: ignore[arg-type]
-    if max(fused, torch_) > CLOSE * min(fused, torch_):
-        return "fused" if fused <= torch_ else "torch"
-    key = probe_key(shape)
-    if key not in calibration.probes:
-        timed = probe(shape)
-        with _lock:
-            calibration.probes[key] = timed
-            where = calibration_path()
-            if stored and where is not None:
-                _store(where, _machine_key(), calibration)
-    timed = calibration.probes[key]
-    return "fused" if timed["fused"] <= timed["torch"] else "torch"
+
+
+def torch_split(
+    *,
+    model: str,
+    hidden_size: int,
+    batch_size: int,
+    population: int,
+    n_sequences: tuple[int, int],
+    seq_len: int,
+    device: str = "cpu",
+    calibration: Calibration | None = None,
+) -> bool:
+    """Whether the torch path splits this run's batches over the threads (else one thread
+    trains): the faster of the two in `estimates`."""
+    if device != "cpu" or kernels.get_threads() < 2 or min(batch_size, n_sequences[0]) < 2:
+        return False
+    found = estimates(
+        model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
+        n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
+    )  # fmt: skip
+    return found["torch-split"] < found["torch-serial"]

@@ -297,8 +297,8 @@ def _one_torch_thread() -> None:
 class TorchPath:
     """Training through torch's own fused recurrent layers (any device).
 
-    On the CPU with several threads (`kernels.get_threads`) and batches of at least two rows
-    per thread, a batch's rows are split over them, each part's forward and backward on one
+    On the CPU with several threads (`kernels.get_threads`) and `split`, a batch's rows are
+    split over them, each part's forward and backward on one
     torch thread, its gradient from torch.autograd.grad (its own graph, no shared .grad),
     the parts' sums added in a fixed order: no per-step synchronisation, where torch's own
     threads meet at every step of every matrix product. Validation is split the same way.
@@ -318,13 +318,15 @@ class TorchPath:
         Tv: torch.Tensor,
         batch_size: int,
         clip_members: Callable[[Sequence[torch.Tensor], float], None],
+        split: bool | None = None,
     ) -> None:
         self.X, self.T, self.Xv, self.Tv = X, T, Xv, Tv
         self.batch_size = batch_size
         self._clip_members = clip_members
         self.threads_available = kernels.get_threads() if X.device.type == "cpu" else 1
-        split = min(batch_size, X.shape[0]) >= 2 * self.threads_available
-        self.parts = self.threads_available if split else 1
+        if split is None:  # (models.chooser.torch_split decides for a run)
+            split = min(batch_size, X.shape[0]) >= 2 * self.threads_available
+        self.parts = self.threads_available if split and batch_size > 1 else 1
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:

@@ -482,25 +482,26 @@ def make_path(
     config: TrainConfig,
 ) -> FusedPath | TorchPath:
     """The training path `name` ("fused", "torch"; None: `choose_path`'s) for this run."""
-    from models.chooser import choose_path
+    from models.chooser import choose_path, torch_split
 
+    shape = dict(
+        model=pop.kind,
+        hidden_size=pop.n_hidden,
+        batch_size=config.batch_size,
+        population=pop.size,
+        n_sequences=(X.shape[0], Xv.shape[0]),
+        seq_len=X.shape[1],
+        device=X.device.type,
+    )
     if name is None:
-        name = choose_path(
-            model=pop.kind,
-            hidden_size=pop.n_hidden,
-            batch_size=config.batch_size,
-            population=pop.size,
-            n_sequences=(X.shape[0], Xv.shape[0]),
-            seq_len=X.shape[1],
-            device=X.device.type,
-            fused_ok=FusedPath.supports(pop, X),
-        )
+        name = choose_path(fused_ok=FusedPath.supports(pop, X), **shape)  # type: ignore[arg-type]
     if name == "fused":
         if not FusedPath.supports(pop, X):
             raise ValueError("the fused path needs float32 or float64 parameters on the CPU")
         return FusedPath(pop, X, T, Xv, Tv, config.batch_size)
     if name == "torch":
-        return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member)
+        split = torch_split(**shape) if X.device.type == "cpu" else False  # type: ignore[arg-type]
+        return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member, split=split)
     raise ValueError(f"path must be one of {', '.join(PATHS)}; got {name!r}")
 
 
