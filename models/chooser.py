@@ -264,6 +264,10 @@ def _machine_key() -> str:
     )
 
 
+def _without_threads(key: str) -> str:
+    return "|".join(part for part in key.split("|") if not part.startswith("threads="))
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -285,9 +289,10 @@ def calibration_path() -> str | None:
     return None if where is None else os.path.join(where, "calibration.json")
 
 
-def load_calibration(*, measure: bool = True) -> Calibration | None:
+def load_calibration(*, measure: bool = True, any_threads: bool = False) -> Calibration | None:
     """This machine's calibration: from memory, from its file, or (with `measure`) measured
-    now and stored. None when there is none and measure is False."""
+    now and stored. None when there is none and measure is False. With any_threads, one
+    measured for another thread count serves too (single-thread costs, as prediction's)."""
     key = _machine_key()
     with _lock:
         if key in _memory:
@@ -300,6 +305,10 @@ def load_calibration(*, measure: bool = True) -> Calibration | None:
                 if key in entries:
                     _memory[key] = Calibration.from_json(entries[key])
                     return _memory[key]
+                if any_threads:
+                    same = [k for k in entries if _without_threads(k) == _without_threads(key)]
+                    if same:
+                        return Calibration.from_json(entries[same[0]])
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: measure again
         if not measure:
@@ -470,3 +479,19 @@ def torch_split(
         n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
     )  # fmt: skip
     return found["torch-split"] < found["torch-serial"]
+
+
+def predict_path(*, model: str, hidden_size: int, n_sequences: int, seq_len: int) -> str:
+    """ "fused" or "torch" for a forward pass over n_sequences (on the CPU, one thread): the
+    cheaper validation pass in this machine's calibration (of any thread count; none is
+    measured for a prediction: without one, the fused kernels up to their compiled-in
+    sizes, torch's layers beyond)."""
+    calibration = load_calibration(measure=False, any_threads=True)
+    if calibration is None:
+        return "fused" if hidden_size <= lanes.UNROLL_MAX else "torch"
+    fused_key = f"{model}/fused" + ("-unrolled" if hidden_size <= lanes.UNROLL_MAX else "")
+    fused = calibration.valid[fused_key](seq_len, _work("fused", model, hidden_size, n_sequences))
+    torch_ = calibration.valid[f"{model}/torch"](
+        seq_len, _work("torch", model, hidden_size, n_sequences)
+    )
+    return "fused" if fused <= torch_ else "torch"

@@ -98,16 +98,10 @@ class ElmanRNN(nn.Module):
         return self.l2(kernels.elman_recurrence(a, self.hr.weight, self.hr.bias))
 
     def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        # Inference on the CPU, a time chunk at a time: memory is x, the output and one chunk.
-        n_batch, n_steps, _ = x.shape
-        y = x.new_empty(n_batch, n_steps, self.n_out)
-        h = x.new_zeros(n_batch, self.n_hidden)  # (B, H) state carried across chunks
-        step = kernels.chunk_steps(n_batch, self.n_hidden)
-        for s in range(0, n_steps, step):
-            a = self.l1(x[:, s : s + step])
-            hs = kernels.elman_inference(a, self.hr.weight, self.hr.bias, h, start=s == 0)
-            y[:, s : s + step] = self.l2(hs)
-        return y
+        # Inference on the CPU: the lane kernels' forward pass with the read-out inside, two
+        # steps of state kept: memory is x and the output.
+        weights = [self.l1.weight, self.l1.bias, self.hr.weight, self.hr.bias]
+        return kernels.lanes.predict_network("elman", [*weights, self.l2.weight, self.l2.bias], x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The readable per-step loop every faster path must equal."""
@@ -145,16 +139,11 @@ class LSTMModel(nn.Module):
         return self._forward_chunked(x, weights)
 
     def _forward_chunked(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        # Inference on the CPU, a time chunk at a time: no per-step gates or cells are kept.
-        n_batch, n_steps, _ = x.shape
-        y = x.new_empty(n_batch, n_steps, self.n_out)
-        h = x.new_zeros(n_batch, self.n_hidden)  # (B, H) state carried across chunks
-        c = x.new_zeros(n_batch, self.n_hidden)
-        step = kernels.chunk_steps(n_batch, self.n_hidden)
-        for s in range(0, n_steps, step):
-            hs = kernels.lstm_inference(x[:, s : s + step], *weights, h, c)  # (B, chunk, H)
-            y[:, s : s + step] = self.fc(hs)
-        return y
+        # Inference on the CPU: the lane kernels' forward pass with the read-out inside, two
+        # steps of state kept: memory is x and the output.
+        w_ih, w_hh, b_ih, b_hh = weights
+        lane_order = [w_ih, b_ih, w_hh, b_hh, self.fc.weight, self.fc.bias]
+        return kernels.lanes.predict_network("lstm", lane_order, x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """PyTorch's own nn.LSTM, the reference every faster path must equal."""

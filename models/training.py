@@ -20,8 +20,8 @@ from models.data import (
     make_splits,
 )
 from models.kernels import adam as kernel_adam
-from models.networks import MODEL_KINDS
-from models.paths import PATHS, FusedPath, TorchPath, ValidationRun
+from models.networks import MODEL_KINDS, ElmanRNN, LSTMModel
+from models.paths import PATHS, FusedPath, TorchPath, ValidationRun, torch_forward
 from models.population import Population, build_population
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -549,6 +549,21 @@ def _length_buckets(lengths: Sequence[int]) -> list[list[int]]:
     return buckets
 
 
+def _predict_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) on the path `models.chooser.predict_path` picks for this shape: the fused
+    kernels (what model(x) runs on the CPU) or torch's own layers (`paths.torch_forward`)."""
+    from models.chooser import predict_path
+
+    kind = "lstm" if isinstance(model, LSTMModel) else "elman"
+    if x.device.type == "cpu" and isinstance(model, ElmanRNN | LSTMModel):
+        path = predict_path(
+            model=kind, hidden_size=model.n_hidden, n_sequences=x.shape[0], seq_len=x.shape[1]
+        )
+        if path == "torch":
+            return torch_forward(kind, dict(model.named_parameters()), x)
+    return model(x)
+
+
 def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
     """Per-step outputs [steps, n_out] for each sequence [steps, n_input], at its own length."""
     if isinstance(sequences, np.ndarray | torch.Tensor) and sequences.ndim == 2:
@@ -570,7 +585,8 @@ def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
                     batch[row, : arrays[i].shape[0]] = arrays[i]
                 # Padding sits after each sequence's end, and the networks are causal,
                 # so it cannot change any real step's output.
-                y = model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+                y = _predict_batch(model, torch.from_numpy(batch).to(device))
+                y = y.float().cpu().numpy()
                 for row, i in enumerate(bucket):
                     out[i] = y[row, : arrays[i].shape[0]].copy()
     finally:

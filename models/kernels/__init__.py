@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from models.kernels import lanes
 from models.kernels.compile import _njit
 from models.kernels.cuda import _ieee_cudnn_rnn, elman_rnn_tanh
 from models.kernels.elman import (
@@ -78,6 +79,7 @@ __all__ = [
     "elman_recurrence",
     "elman_rnn_tanh",
     "get_threads",
+    "lanes",
     "lstm_inference",
     "lstm_population",
     "lstm_population_grads",

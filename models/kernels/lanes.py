@@ -42,6 +42,7 @@ from models.kernels.simd import (
     as_type,
     vfma,
     vgather,
+    vget,
     vload,
     vsigmoid,
     vsplat,
@@ -730,3 +731,76 @@ def lstm_sse(shape, data, m0, m1, params, ws, out):
 def elman_sse(shape, data, m0, m1, params, ws, out):
     """`lstm_sse` for Elman members."""
     _sse(_ELMAN_TAG, shape, data, m0, m1, params, ws, out)
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+
+@_njit
+def _predict(kind, shape, data, m, params, ws, out):
+    n_steps, n_in, n_data = data.xt.shape
+    n_out = out.shape[2]
+    _, _, n_hidden, _ = _dims(kind, shape)
+    per_pass = data.rows_per_pass
+    xf, xl = data.xt.reshape(data.xt.size), data.xl
+    wl, ol, rows, gates, cs, tcs, hs, xs = (
+        ws.wl, ws.ol, ws.rows, ws.gates, ws.cs, ws.tcs, ws.hs, ws.xs
+    )  # fmt: skip
+    goff = 0
+    for row0 in range(0, n_data, per_pass):
+        nb = min(per_pass, n_data - row0)
+        n_groups = _groups(nb)
+        _spread(kind, shape, params, m, nb, nb, ws)
+        _lane_rows(row0, nb, nb, rows)
+        for t in range(n_steps):
+            for g in range(n_groups):
+                _fetch_x(t, g, goff, n_steps, n_in, xl, xf, n_data, rows, xs)
+                if _is_lstm(kind):
+                    _lstm_forward(t, g, 2, False, shape, xs, wl, gates, cs, tcs, hs)
+                else:
+                    _elman_forward(t, g, 2, False, shape, xs, wl, hs)
+                cur = g * 2 + (t & 1)
+                for o in range(n_out):
+                    ob = (g * n_out + o) * (1 + n_hidden) * L
+                    y = vload(ol, ob)
+                    for k in range(n_hidden):
+                        hk = vload(hs, (cur * n_hidden + k) * L)
+                        y = vfma(vload(ol, ob + (1 + k) * L), hk, y)
+                    for lane in range(min(L, nb - g * L)):
+                        out[row0 + g * L + lane, t, o] = vget(y, lane)
+        goff += n_groups
+
+
+@_njit
+def lstm_predict(shape, data, m, params, ws, out):
+    """out[n, t, :] = LSTM member m's output at step t of row n of `data` (`make_data` for
+    one member; its targets unused), forward only (ws: a two-step `workspace` for a pass)."""
+    _predict(_LSTM_TAG, shape, data, m, params, ws, out)
+
+
+@_njit
+def elman_predict(shape, data, m, params, ws, out):
+    """`lstm_predict` for an Elman member."""
+    _predict(_ELMAN_TAG, shape, data, m, params, ws, out)
+
+
+def predict_network(kind: str, weights: Any, x: Any, pack_budget: int = 64 << 20) -> Any:
+    """y [B, T, O] of one network from its six weights (`Params` order, torch tensors of
+    x's type, on the CPU) for x [B, T, I] (a torch tensor), forward only: memory is x, y
+    and (at most pack_budget bytes of) x laid out per lane."""
+    import torch
+
+    k = KINDS[kind]
+    params = Params(*(w.detach().reshape(1, -1).contiguous().numpy() for w in weights))
+    n_out = weights[5].shape[0]
+    n_hidden = weights[4].shape[1]
+    n_batch, n_steps, n_in = x.shape
+    shape = tuple(size_tag(n) for n in (n_in, n_hidden, n_out))
+    xn = x.detach().contiguous().numpy()
+    rows = min(n_batch, 512)
+    # (the targets are not read: x stands in for them, packed or not alike)
+    data = make_data(xn, xn[:, :, :1], rows, 1, pack_budget)
+    ws = workspace(k, n_in, n_hidden, n_out, -(-rows // L), 2, xn.dtype)
+    out = torch.empty(n_batch, n_steps, n_out, dtype=x.dtype)
+    (lstm_predict if k == LSTM else elman_predict)(shape, data, 0, params, ws, out.numpy())
+    return out

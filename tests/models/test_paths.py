@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import TrainConfig, build_population, kernels, make_splits, train
+from models import TrainConfig, build_model, build_population, kernels, make_splits, predict, train
 from models import chooser as chooser_module
 from models.chooser import Calibration, Cost, choose_path, epoch_seconds
 from models.networks import reference_mode
@@ -234,3 +234,38 @@ def test_calibration_is_measured_once_and_stored(
     again = chooser_module.load_calibration()
     assert measured == [1]
     assert again == first
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("hidden", [2, 12])
+@pytest.mark.parametrize("path", PATHS)
+def test_prediction_on_either_path_equals_the_reference(
+    kind: str, hidden: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model(kind, n_hidden=hidden, seed=3)
+    rng = np.random.default_rng(4)
+    sequences = [
+        np.stack([rng.uniform(-1, 1, n), rng.choice([-1.0, 0.0, 1.0], n)], axis=1)
+        for n in (1, 7, 40, 40, 300)
+    ]
+    with torch.no_grad():
+        expected = [
+            model.forward_reference(torch.tensor(s, dtype=torch.float32)[None])[0].numpy()
+            for s in sequences
+        ]
+    monkeypatch.setattr(chooser_module, "predict_path", lambda **_: path)
+    got = predict(model, sequences)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+
+
+def test_prediction_path_follows_the_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fused cheap per unit of work, torch's fixed cost per step high: fused at small sizes.
+    monkeypatch.setattr(chooser_module, "load_calibration", lambda **_: _calibration(1e-9, 1e-10))
+    choose = chooser_module.predict_path
+    assert choose(model="lstm", hidden_size=2, n_sequences=1, seq_len=3000) == "fused"
+    assert choose(model="lstm", hidden_size=256, n_sequences=1, seq_len=3000) == "torch"
+    # Without a calibration (none is measured for a prediction): the compiled-in sizes.
+    monkeypatch.setattr(chooser_module, "load_calibration", lambda **_: None)
+    assert choose(model="elman", hidden_size=8, n_sequences=4, seq_len=10) == "fused"
+    assert choose(model="elman", hidden_size=9, n_sequences=4, seq_len=10) == "torch"
