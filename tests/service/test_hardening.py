@@ -197,12 +197,18 @@ def test_non_finite_outputs_are_a_422_not_a_null(client: TestClient) -> None:
     error = problem(client.post("/predict", json=body), 422)["errors"][0]
     assert error["loc"] == ["body", "sequences", 0, 1, 0] and error["type"] == "less_than_equal"
     # ... and a model whose outputs are not finite for some input answers 422, saying where.
-    # (Here its weights are made huge, so that 3e38·1e38 meets -3e38·1e38: inf - inf = NaN.)
-    body = {"run_id": run_id, "sequences": [[[0.5, 1]], [[0.5, 1], [3e38, -3e38]]]}
+    # (Here its weights are made huge: a huge input drives l1(x) to +inf while hr(h) is
+    # -inf from step 1 on, and inf - inf = NaN, whichever order the sums run in.)
+    body = {"run_id": run_id, "sequences": [[[0.5, 1]], [[0.5, 1], [3e38, 3e38]]]}
     assert client.post("/predict", json=body).status_code == 200  # loaded, cached
+    model = client.app.state.model_cache.get(client.app.state.db, run_id)
     with torch.no_grad():
-        for p in client.app.state.model_cache.get(client.app.state.db, run_id).parameters():
-            p.fill_(1e38)
+        model.l1.weight.fill_(1e38)
+        model.l1.bias.fill_(0)
+        model.hr.weight.fill_(-1e38)
+        model.hr.bias.fill_(-3e38)
+        model.l2.weight.fill_(1e38)
+        model.l2.bias.fill_(0)
     error = problem(client.post("/predict", json=body), 422)["errors"][0]
     assert error["loc"] == ["body", "sequences", 1, 1] and error["type"] == "non_finite_output"
     big = {"x": [1e308], "w_i": 1e308, "w_h": 0, "w_o": 1e308, "h_bias": 1e308, "y_bias": 0}
