@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env.pop("RNNLAB_API_KEYS", None)
         if key:
             env["RNNLAB_API_KEYS"] = key
-        with serve_with_floor(env, tmp) as (base, floor_base):
+        with serve_with_floor(env, tmp) as (base, floor_base, _eager):
             run_id = _succeeded_run(base, headers)
 
             long_ids = [_start_run(base, {**LONG_RUN, "seed": s}, headers) for s in (1, 2)]

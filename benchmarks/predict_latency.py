@@ -11,9 +11,15 @@ What it does, all in one run:
    subprocess, whose POST /predict parses the same body (the service's own PredictRequest
    schema when importable, else an equivalent one) and answers zeros of the same shape, with
    no database, model or torch: what HTTP and JSON alone cost;
-4. sends one 3000-step sequence per request, from 1 and then 8 concurrent clients (threads,
+4. starts the naive eager server (`create_eager_app`): the same FastAPI body parsing, then
+   torch.nn.LSTM / torch.nn.RNN (tanh) + nn.Linear of the run's kind and hidden size under
+   inference_mode, at torch's default thread count: what two lines of PyTorch behind an
+   endpoint give;
+5. sends one 3000-step sequence per request, from 1 and then 8 concurrent clients (threads,
    each with its own keep-alive httpx connection), after warm-up requests, and prints p50 and
-   p99 latency, requests/s, and the p50 ratio to the floor's at the same concurrency.
+   p99 latency, requests/s, the p50 ratio to the floor's at the same concurrency, and
+   rnnlab's p50 against the eager server's for the same model (≤ 1.0: rnnlab is faster),
+   for each hidden size in --hidden (the issue's bar: not slower at hidden size 128).
 
 The request body is serialised once, so client-side JSON encoding is not timed. Client and
 servers share the machine's cores: on a 2-core machine 8 clients compete with the server
@@ -68,6 +74,38 @@ def create_floor_app() -> FastAPI:
     return app
 
 
+def create_eager_app() -> FastAPI:
+    """The naive eager server: parse the /predict body as the floor does; run_id names the
+    network ("lstm-128": kind and hidden size; random weights: only the time matters)."""
+    import torch
+    from torch import nn
+
+    app = FastAPI()
+    networks: dict[str, nn.Module] = {}
+    lock = threading.Lock()
+
+    def network(name: str) -> nn.Module:
+        with lock:
+            if name not in networks:
+                kind, hidden = name.split("-")
+                layer = nn.LSTM if kind == "lstm" else nn.RNN
+                rnn = layer(2, int(hidden), batch_first=True)
+                networks[name] = nn.ModuleDict({"rnn": rnn, "fc": nn.Linear(int(hidden), 1)})
+            return networks[name]
+
+    @app.post("/predict", response_model=FloorResponse)
+    def eager_predict(body: FloorRequest) -> FloorResponse:
+        net = network(body.run_id)
+        outputs = []
+        with torch.inference_mode():
+            for seq in body.sequences:
+                x = torch.tensor([[list(step) for step in seq]], dtype=torch.float32)
+                outputs.append(net["fc"](net["rnn"](x)[0])[0, :, 0].tolist())
+        return FloorResponse(run_id=body.run_id, outputs=outputs)
+
+    return app
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,22 +128,25 @@ def _process(cmd: list[str], env: dict[str, str], log_path: str) -> Iterator[sub
 
 
 @contextmanager
-def serve_with_floor(env: dict[str, str], tmp: str) -> Iterator[tuple[str, str]]:
-    """`rnnlab serve` and the floor, each on a free port with its log in `tmp`, both ready;
-    yields their base URLs."""
-    port, floor_port = _free_port(), _free_port()
+def serve_with_floor(env: dict[str, str], tmp: str) -> Iterator[tuple[str, str, str]]:
+    """`rnnlab serve`, the floor and the naive eager server, each on a free port with its
+    log in `tmp`, all ready; yields their base URLs."""
+    port, floor_port, eager_port = _free_port(), _free_port(), _free_port()
     server_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
-    floor_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
-    floor_cmd += ["benchmarks.predict_latency:create_floor_app", "--port", str(floor_port)]
-    server_log, floor_log = os.path.join(tmp, "server.log"), os.path.join(tmp, "floor.log")
+    app_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
+    floor_cmd = [*app_cmd, "benchmarks.predict_latency:create_floor_app"]
+    eager_cmd = [*app_cmd, "benchmarks.predict_latency:create_eager_app"]
+    logs = [os.path.join(tmp, f"{name}.log") for name in ("server", "floor", "eager")]
     with (
-        _process([*server_cmd, "--port", str(port)], env, server_log) as server,
-        _process(floor_cmd, env, floor_log) as floor,
+        _process([*server_cmd, "--port", str(port)], env, logs[0]) as server,
+        _process([*floor_cmd, "--port", str(floor_port)], env, logs[1]) as floor,
+        _process([*eager_cmd, "--port", str(eager_port)], env, logs[2]) as eager,
     ):
-        base, floor_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
-        _wait_ready(f"{base}/readyz", server, server_log)
-        _wait_ready(f"{floor_base}/docs", floor, floor_log)
-        yield base, floor_base
+        urls = [f"http://127.0.0.1:{p}" for p in (port, floor_port, eager_port)]
+        _wait_ready(f"{urls[0]}/readyz", server, logs[0])
+        _wait_ready(f"{urls[1]}/docs", floor, logs[1])
+        _wait_ready(f"{urls[2]}/docs", eager, logs[2])
+        yield urls[0], urls[1], urls[2]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log_path: str, timeout: float = 120) -> None:
@@ -123,8 +164,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log_path: str, timeout: float 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def _train(base: str, kind: str, timeout: float = 300) -> str:
-    body = {"model": kind, "epochs": 1, "seed": 0, "data": {"n_sequences": 3, "seq_len": 50}}
+def _train(base: str, kind: str, hidden: int = 2, timeout: float = 300) -> str:
+    body = {"model": kind, "epochs": 1, "seed": 0, "hidden_size": hidden}
+    body["data"] = {"n_sequences": 3, "seq_len": 50}
     r = httpx.post(f"{base}/runs", json=body, timeout=30)
     if r.status_code != 202:
         raise RuntimeError(f"POST /runs answered {r.status_code}: {r.text}")
@@ -192,15 +234,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=200, help="timed, per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed, per client")
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--hidden", default="2,128", help="comma-separated hidden sizes")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    sizes = [int(h) for h in args.hidden.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="rnnlab-bench-") as tmp:
         env = {**os.environ, "RNNLAB_DATA_DIR": tmp, "RNNLAB_LOG_LEVEL": "warning"}
-        with serve_with_floor(env, tmp) as (base, floor_base):
-            run_ids = {kind: _train(base, kind) for kind in KINDS}
-
-            targets = {k: (f"{base}/predict", _body(rid, args.steps)) for k, rid in run_ids.items()}
+        with serve_with_floor(env, tmp) as (base, floor_base, eager_base):
+            targets: dict[str, tuple[str, bytes]] = {}
+            for hidden in sizes:
+                for kind in KINDS:
+                    run_id = _train(base, kind, hidden)
+                    targets[f"{kind}/{hidden}"] = (f"{base}/predict", _body(run_id, args.steps))
+                    targets[f"{kind}/{hidden} eager"] = (
+                        f"{eager_base}/predict",
+                        _body(f"{kind}-{hidden}", args.steps),
+                    )
             targets["floor"] = (f"{floor_base}/predict", _body("floor", args.steps))
             results: dict[tuple[str, int], dict[str, float]] = {}
             for clients in levels:
@@ -209,18 +259,22 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"predict_latency: POST /predict, one {args.steps}-step sequence "
-        f"({len(targets['floor'][1]) / 1024:.0f} KiB body), {args.requests} requests each"
+        f"({len(targets['floor'][1]) / 1024:.0f} KiB body), {args.requests} requests each; "
+        "'eager': the naive eager server"
     )
     print(
-        f"{'target':<8} {'clients':>7} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} {'p50 / floor':>12}"
+        f"{'target':<16} {'clients':>7} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>8} "
+        f"{'p50 / floor':>12} {'p50 / eager':>12}"
     )
     for clients in levels:
         floor_p50 = results["floor", clients]["p50"]
         for name in targets:
             r = results[name, clients]
+            eager = results.get((f"{name} eager", clients))
+            versus = f"{r['p50'] / eager['p50']:11.2f}x" if eager else ""
             print(
-                f"{name:<8} {clients:7d} {r['p50'] * 1e3:9.2f} {r['p99'] * 1e3:9.2f} "
-                f"{r['rps']:8.1f} {r['p50'] / floor_p50:11.2f}x"
+                f"{name:<16} {clients:7d} {r['p50'] * 1e3:9.2f} {r['p99'] * 1e3:9.2f} "
+                f"{r['rps']:8.1f} {r['p50'] / floor_p50:11.2f}x {versus:>12}"
             )
 
 

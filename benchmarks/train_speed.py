@@ -7,10 +7,9 @@ split in fixed-order batches, then the validation MSE under no_grad. Every varia
 loop on the same data and sizes (default 9 sequences × 3000 steps, batch 3, hidden 2, Adam lr
 0.01):
 
-- rnnlab: `models.build_model(kind)` trained as `models.train` trains it, epoch for epoch
-  (`models.training.train_epoch`: each batch one fused pass of the kernels, forward and
-  backward, without autograd, then the compiled Adam step; the validation MSE in one fused
-  pass);
+- rnnlab: `models.build_model(kind)` trained as `models.train` trains it, epoch for epoch:
+  the path `models.chooser` picks (`models.paths`; at these sizes the lane kernels, an epoch
+  of forward, backward and Adam in one compiled call), then its validation pass;
 - eager: torch.nn.RNN(nonlinearity="tanh") or torch.nn.LSTM, then nn.Linear, with torch's
   default Adam;
 - reference (Elman only): the same rnnlab model under `models.networks.reference_mode()`,
@@ -64,8 +63,8 @@ from models import (
     make_splits,
     train,
 )
-from models.networks import reference_mode
-from models.training import _member_mse, make_optimizer, train_epoch
+from models.networks import LSTMModel, reference_mode
+from models.training import make_optimizer, make_path
 
 
 class EagerElman(nn.Module):
@@ -129,16 +128,19 @@ def make_epoch(
 
 
 def rnnlab_epoch(model: nn.Module, data: tuple[torch.Tensor, ...], args: Any) -> Epoch:
-    """One epoch exactly as `models.train` runs it: `train_epoch` then the validation MSE."""
+    """One epoch exactly as `models.train` runs it: the chosen path's (`models.paths`)
+    training epoch, then its validation pass."""
     X, T, Xv, Tv = data
     pop = Population([model])
     optimizer = make_optimizer(pop, args.lr)
+    kind = "lstm" if isinstance(model, LSTMModel) else "elman"
+    cfg = TrainConfig(model=kind, hidden_size=model.n_hidden, batch_size=args.batch_size)
+    engine = make_path(None, pop, X, T, Xv, Tv, cfg)
 
     def epoch() -> None:
-        train_epoch(pop, optimizer, X, T, args.batch_size)
-        pop.eval()
-        with torch.no_grad():
-            _member_mse(pop, Xv, Tv)
+        with engine.threads():
+            engine.train_epoch(pop, optimizer, args.lr, 0.0)
+            engine.validate(pop).result()
 
     return epoch
 

@@ -122,83 +122,10 @@ class Population(nn.Module):
         y = torch.baddbmm(b[:, None, :], hs.reshape(k, n_batch * n_steps, -1), w.transpose(1, 2))
         return y.view(k, n_batch, n_steps, self.n_out)
 
-    def _fused(self, x: torch.Tensor, target: torch.Tensor) -> bool:
-        """Whether a loss over (x, target) may run in the fused compiled loops (CPU)."""
-        return (
-            _fast_path(x, self) == "cpu"
-            and not x.requires_grad
-            and target.dtype == x.dtype
-            and target.device == x.device
-        )
-
-    def _loss_weights(self) -> list[nn.Parameter]:
-        """The parameters in the order the fused loss kernels take them."""
-        if self.kind == "elman":
-            return list(self.params)
-        order = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0"]
-        return [self.param(n) for n in [*order, "fc.weight", "fc.bias"]]
-
     def mse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """[K]: each member's mean squared error on (x, target), differentiable.
-
-        On the CPU with autograd, one fused pass (`models.kernels.loss`): the read-out, the
-        error and (Elman) the input projection run in the compiled loops instead of a dozen
-        torch operations. Elsewhere, and in `reference_mode()`, the plain expression.
-        """
-        if not (self._fused(x, target) and torch.is_grad_enabled()):
-            return ((self(x) - target) ** 2).mean(dim=(1, 2, 3))
-        check_input(x, self.n_input)
-        x, target = x.contiguous(), target.contiguous()
-        if self.kind == "elman":
-            return kernels.elman_population_mse(x, target, *self._loss_weights())
-        return kernels.lstm_population_mse(x, target, *self._loss_weights())
-
-    def mse_and_grads(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-        """[K] each member's MSE (as `mse`), with the gradient of their sum in every
-        parameter's .grad: what `zero_grad(set_to_none=True)` then `mse(x, target).sum()
-        .backward()` leave, bit for bit, computed without autograd (its bookkeeping costs as
-        much as the kernels for these tiny networks). Existing .grad tensors are reused.
-
-        None where the fused CPU path does not apply (reference mode, other devices or
-        dtypes): the caller then uses `mse` and autograd.
-        """
-        if not self._fused(x, target) or not all(p.requires_grad for p in self.params):
-            return None
-        check_input(x, self.n_input)
-        weights = self._loss_weights()
-        grads = []
-        for p in weights:
-            g = p.grad
-            ok = g is not None and g.shape == p.shape and g.dtype == p.dtype
-            grads.append(g if ok and g.is_contiguous() else torch.empty_like(p))
-        x, target = x.contiguous(), target.contiguous()
-        with torch.no_grad():
-            fused = (
-                kernels.elman_population_grads
-                if self.kind == "elman"
-                else kernels.lstm_population_grads
-            )
-            losses = fused(x, target, [p.detach() for p in weights], grads)
-        for p, g in zip(weights, grads, strict=True):
-            p.grad = g
-        if self.kind == "elman" and x.shape[1] == 1:
-            # One step never uses hr: no gradient at all, as autograd gives (see ElmanFunction).
-            self.param("hr.weight").grad = self.param("hr.bias").grad = None
-        return losses
-
-    def sse(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """[K] float64: each member's sum of squared errors on (x, target), no autograd.
-
-        On the CPU one fused pass per group of sequences (recurrence, read-out and error in
-        the compiled loops, summed in float64); elsewhere the plain expression.
-        """
-        check_input(x, self.n_input)
-        if self._fused(x, target):
-            x, target = x.contiguous(), target.contiguous()
-            weights = [p.detach() for p in self._loss_weights()]
-            return torch.from_numpy(kernels.population_sse(self.kind, x, target, weights))
-        with torch.no_grad():
-            return ((self(x) - target) ** 2).sum(dim=(1, 2, 3)).double()
+        """[K]: each member's mean squared error on (x, target), differentiable (training
+        itself runs on `models.paths`)."""
+        return ((self(x) - target) ** 2).mean(dim=(1, 2, 3))
 
     def _elman_hidden(self, x: torch.Tensor) -> torch.Tensor:
         w1, b1 = self.param("l1.weight"), self.param("l1.bias")

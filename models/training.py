@@ -235,16 +235,6 @@ def _as_tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch
     return X, T
 
 
-def _member_mse(pop: Population, X: torch.Tensor, T: torch.Tensor) -> list[float]:
-    """Each member's MSE over a whole split, EVAL_BATCH sequences per forward pass."""
-    total = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
-    for i in range(0, X.shape[0], EVAL_BATCH):
-        total += pop.sse(X[i : i + EVAL_BATCH], T[i : i + EVAL_BATCH]).to(X.device)
-    # Summed in float64, reported at the data's precision like the training loss: a mean
-    # beyond float32's range is inf (a diverged member), not a finite 1e40.
-    return (total / T.numel()).to(X.dtype).double().tolist()
-
-
 def make_optimizer(model: nn.Module, learning_rate: float) -> Optimizer:
     """Adam over all parameters, as `train` uses it.
 
@@ -259,38 +249,6 @@ def make_optimizer(model: nn.Module, learning_rate: float) -> Optimizer:
         return kernel_adam.Adam(params, lr=learning_rate)
     fusable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=learning_rate, fused=fusable or None)
-
-
-def train_epoch(
-    pop: Population,
-    optimizer: Optimizer,
-    X: torch.Tensor,
-    T: torch.Tensor,
-    batch_size: int,
-    clip_grad_norm: float = 0.0,
-) -> list[float]:
-    """One epoch of Adam steps over (X, T) in fixed-order batches; each member's mean loss.
-
-    No shuffling, so no RNG state enters training. On the CPU each batch is one fused pass of
-    the kernels, forward and backward, without autograd (`Population.mse_and_grads`);
-    elsewhere autograd.
-    """
-    pop.train()
-    n = X.shape[0]
-    weighted = torch.zeros(pop.size, dtype=torch.float64, device=X.device)
-    for i in range(0, n, batch_size):
-        xb, tb = X[i : i + batch_size], T[i : i + batch_size]
-        # (K,): each member's MSE; each member's gradient is its own loss's.
-        per_member = pop.mse_and_grads(xb, tb)
-        if per_member is None:
-            optimizer.zero_grad(set_to_none=True)
-            per_member = pop.mse(xb, tb)
-            per_member.sum().backward()
-        if clip_grad_norm > 0:
-            _clip_per_member(list(pop.parameters()), clip_grad_norm)
-        optimizer.step()
-        weighted += per_member.detach().double().to(X.device) * xb.shape[0]
-    return (weighted / n).tolist()
 
 
 def halving_epochs(epochs: int, population: int) -> list[int]:

@@ -1,36 +1,32 @@
-"""Fused recurrent kernels: the Elman and LSTM recurrences as compiled loops (CPU) and cuDNN (CUDA).
+"""Compiled recurrent kernels: the Elman and LSTM networks as numba loops (CPU), cuDNN (CUDA).
 
-Why: with 2 hidden units, each time step is a handful of multiply-adds, so PyTorch's eager
-per-step ops (dispatch, autograd bookkeeping, tiny allocations) cost 100× the arithmetic. Here
-each recurrence is one numba-compiled loop over the whole sequence, forward and BPTT alike,
-wrapped in a `torch.autograd.Function`. The Elman kernel is the recurrence only: its input
-projection and read-out stay ordinary `nn.Linear` calls over whole sequences. The LSTM kernel
-also does nn.LSTM's own input projection (x W_ih^T + b_ih + b_hh, a few multiply-adds a step
-for 2 inputs) and returns gradients for x, W_ih, W_hh, b_ih and b_hh; its read-out (fc)
-stays an nn.Linear.
+Why: with a few hidden units, each time step is a handful of multiply-adds, so PyTorch's eager
+per-step ops (dispatch, autograd bookkeeping, tiny allocations) cost 100× the arithmetic.
+
+Two families, by what they serve:
+
+- `lanes` (with `simd`): what training and prediction run on the CPU (`models.paths`'
+  fused path, `model(x)` without autograd). One sequence per lane of an 8-lane vector
+  (`simd.Vec`, explicit LLVM vectors): a step is a few dozen vector instructions per group
+  of 8 sequences; an epoch (forward, read-out, backward, Adam for every batch) is one
+  compiled call per thread of members, and the validation and inference passes keep two
+  steps of state. Small sizes are compiled in (`lanes.size_tag`).
+- `lstm`, `elman` (with `glue`): the recurrences as `torch.autograd.Function`s, for
+  `model(x)` with autograd on the CPU (`LSTMFunction`, `ElmanFunction`; populations:
+  `lstm_population`, `elman_population`), and their chunked inference for populations.
+  The K·B sequences of a population pass are split into groups that run in threads
+  (`glue.set_threads`), with results independent of the grouping.
+
+`cuda.py`: cuDNN's RNN_TANH for the Elman network on CUDA (nn.LSTM is cuDNN's already).
+`adam.py`: Adam as one compiled loop per parameter (torch's algorithm; what a training
+step runs on the CPU outside the lane kernels). `compile.py`: numba's disk cache (one
+directory per version of these sources) and the vectorizable scalar exp.
 
 Shapes: B batch, T time steps, I inputs, H hidden units, G = 4H LSTM gate rows (order i, f,
-g, o as in `torch.nn.LSTM`). All arrays are C-contiguous; float32 and float64 are both
-compiled (float64 for gradcheck), and each computes in its arrays' type (float32 fills 8 lanes
-of an AVX2 vector, float64 4), with the gradients' sums over time in float64. No loop runs
-in parallel threads: see `_njit` for why not `prange` (the LSTM loops do a step's whole batch
-at once, vectorized, instead).
-
-A population of K members (independent networks of one kind, trained side by side on the
-same batches) is one more leading dimension of the weights and outputs: `elman_population`,
-`lstm_population` and their `_inference` forms. The single-network functions are the K = 1
-case of the same kernels.
-
-Files: `compile.py` (numba's disk cache, the vectorizable exp), `elman.py`, `lstm.py`,
-`cuda.py` (cuDNN's RNN_TANH for the Elman network on CUDA), `glue.py` (checks shared by the
-torch wrappers, the sequence groups' threads, the read-out computed inside the recurrence
-kernels' time loops), `loss.py` (a training batch's whole pass: projection, recurrence,
-read-out, error and their backward, as an autograd Function and, for `models.train`, without
-autograd: `*_population_grads`; the validation pass, `population_sse`), `adam.py` (Adam as
-one compiled loop per parameter, what `models.train` steps on the CPU).
-
-Compiled code is cached on disk (numba's `cache=True`), so a process compiles a kernel once at
-its first call, or just loads it when an earlier process has already compiled it.
+g, o as in `torch.nn.LSTM`). float32 and float64 are both compiled (float64 for gradcheck),
+and each computes in its arrays' type, with sums over time in float64. No loop runs numba's
+parallel threads (`compile._njit` says why); sequences are spread over Python threads that
+release the GIL instead.
 """
 
 from __future__ import annotations
@@ -48,13 +44,6 @@ from models.kernels.elman import (
     elman_recurrence,
 )
 from models.kernels.glue import DTYPES, get_threads, set_threads
-from models.kernels.loss import (
-    elman_population_grads,
-    elman_population_mse,
-    lstm_population_grads,
-    lstm_population_mse,
-    population_sse,
-)
 from models.kernels.lstm import (
     LSTMFunction,
     lstm_inference,
@@ -73,20 +62,15 @@ __all__ = [
     "chunk_steps",
     "elman_inference",
     "elman_population",
-    "elman_population_grads",
     "elman_population_inference",
-    "elman_population_mse",
     "elman_recurrence",
     "elman_rnn_tanh",
     "get_threads",
     "lanes",
     "lstm_inference",
     "lstm_population",
-    "lstm_population_grads",
     "lstm_population_inference",
-    "lstm_population_mse",
     "lstm_recurrence",
-    "population_sse",
     "set_threads",
     "warm_up",
 ]

@@ -169,11 +169,6 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
     return out
 
 
-def reduce_members_into(lanes: np.ndarray, n_batch: int, out: torch.Tensor) -> None:
-    """`reduce_members` written into `out` [K, …] (contiguous, on the CPU) in place."""
-    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
-
-
 # --- the read-out inside the recurrence kernels ----------------------------------------------
 # The networks' read-out y = W2 h + b2 and its squared error against the target are computed
 # per chunk of steps whose states are at hand (the Elman kernels, the validation passes), or
@@ -225,17 +220,6 @@ def _readout_chunk(h3, time_major, t0, t1, mb, bb, w2, b2, target, grads, err, s
                     for k in range(n_hidden):
                         seh[n, o, k] += e * _h_at(h3, time_major, n, t, t0, k)
         sq[n] = acc
-
-
-@_njit
-def _readout_forward(hs, w2, b2, target, n_batch, n0, err, sq, se, seh):
-    """`_readout_chunk` over all steps of sequences n0 … n0+N'-1 from their hs[N',T,H],
-    keeping err, se and seh (zeroed first, as sq)."""
-    mb, bb = _seq_rows(n_batch, n0, hs.shape[0])
-    sq[:] = 0.0
-    se[:] = 0.0
-    seh[:] = 0.0
-    _readout_chunk(hs, False, 0, hs.shape[1], mb, bb, w2, b2, target, True, err, sq, se, seh)
 
 
 @_njit(inline="always")

@@ -250,22 +250,20 @@ def test_members_in_parallel_threads_give_the_same_bits(
     results = []
     # 15 sequences at size 5: groups of 15, 8 + 7, 5 + 5 + 5 and 8 groups of 1-2, on both
     # sides of the group sizes at which the Elman kernels change layout (elman.forward_kernel,
-    # backward_kernel) and the LSTM's change path (lstm._WIDE_UNITS).
+    # backward_kernel) and the LSTM's change path (lstm._WIDE_UNITS). (The training path's
+    # own thread test: tests/models/test_paths.py.)
     for threads in (1, 2, 3, 8):
         kernels.set_threads(threads)
         y = pop(x)
         grads = torch.autograd.grad(y, list(pop.parameters()), dy)
         with torch.no_grad():
             y_infer = pop(x)
-        losses = pop.mse_and_grads(x, target)  # the fused training pass, as train runs it
-        fused = [p.grad.clone() for p in pop.parameters()]
-        results.append((y, grads, y_infer, losses, fused, pop.sse(x, target)))
-    for y, grads, y_infer, losses, fused, sse in results[1:]:
+        results.append((y, grads, y_infer, pop.mse(x, target).detach()))
+    for y, grads, y_infer, losses in results[1:]:
         assert torch.equal(y, results[0][0])
         assert torch.equal(y_infer, results[0][2])
         assert all(torch.equal(g, g0) for g, g0 in zip(grads, results[0][1], strict=True))
-        assert torch.equal(losses, results[0][3]) and torch.equal(sse, results[0][5])
-        assert all(torch.equal(g, g0) for g, g0 in zip(fused, results[0][4], strict=True))
+        assert torch.equal(losses, results[0][3])
 
 
 def test_training_with_parallel_members_is_bit_for_bit_the_same(restore_threads) -> None:
@@ -285,9 +283,9 @@ def test_training_with_parallel_members_is_bit_for_bit_the_same(restore_threads)
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", range(5))
-def test_fused_training_loss_equals_the_reference(kind: str, case: int) -> None:
-    """Population.mse (read-out, error and, for Elman, the input projection in the compiled
-    loops) equals the plain expression on the reference path, loss and every gradient."""
+def test_population_loss_equals_the_reference(kind: str, case: int) -> None:
+    """Population.mse through the autograd kernels equals the plain expression on the
+    reference path, loss and every gradient."""
     rng = random.Random(100 + case)
     k = [1, 16, rng.randint(2, 16), 4, 7][case]
     b, t, h = rng.randint(1, 4), rng.choice([1, 2, rng.randint(3, 150)]), rng.randint(1, 5)
@@ -334,69 +332,21 @@ def test_restore_best_keeps_the_kept_members_best_validation_epoch(size: int) ->
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("case", range(5))
-def test_losses_and_gradients_without_autograd_equal_autograds_bit_for_bit(
-    kind: str, case: int, restore_threads
-) -> None:
-    """Population.mse_and_grads (what train runs on the CPU: forward and backward in one pass
-    of the kernels, no autograd graph) leaves exactly what mse().sum().backward() leaves."""
-    kernels = restore_threads
-    rng = random.Random(200 + case)
-    k = [1, 16, rng.randint(2, 16), 4, 7][case]
-    b, t, h = rng.randint(1, 4), rng.choice([1, 2, rng.randint(3, 150)]), rng.randint(1, 5)
-    gen = torch.Generator().manual_seed(case)
-    x, target = torch.randn(b, t, 2, generator=gen), torch.randn(b, t, 1, generator=gen)
-    kernels.set_threads(1 + case % 3)
-    pop = build_population(kind, seed=case, size=k, n_hidden=h)
-    loss = pop.mse(x, target)
-    loss.sum().backward()
-    expected = [None if p.grad is None else p.grad.clone() for p in pop.parameters()]
-    for p in pop.parameters():  # stale gradients of another batch are overwritten, not added
-        p.grad = torch.full_like(p, 7.0)
-    got = pop.mse_and_grads(x, target)
-    assert got is not None and torch.equal(got, loss.detach())
-    for name, p, e in zip(pop.names, pop.parameters(), expected, strict=True):
-        assert (p.grad is None) == (e is None), name  # one Elman step never reaches hr
-        if e is not None:
-            assert torch.equal(p.grad, e), name
-    with reference_mode():  # no fused path: the caller falls back to autograd
-        assert pop.mse_and_grads(x, target) is None
-
-
-@pytest.mark.parametrize("kind", KINDS)
 def test_training_on_the_cpu_runs_no_autograd_function(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.kernels import loss as fused_loss
+    from models.kernels import elman, lstm
 
     def no_autograd(*args: object) -> None:
         raise AssertionError("train went through an autograd Function")
 
     cfg = TrainConfig(model=kind, epochs=3, population=2, seed=4, **SMALL)
     expected = fit(cfg)
-    monkeypatch.setattr(fused_loss.LSTMLossFunction, "apply", no_autograd)
-    monkeypatch.setattr(fused_loss.ElmanLossFunction, "apply", no_autograd)
+    monkeypatch.setattr(lstm.LSTMFunction, "apply", no_autograd)
+    monkeypatch.setattr(elman.ElmanFunction, "apply", no_autograd)
+    monkeypatch.setattr(torch.autograd, "grad", no_autograd)
+    monkeypatch.setattr(torch.Tensor, "backward", no_autograd)
     got = fit(cfg)
+    assert got.history.path == "fused"
     assert got.history.train_loss == expected.history.train_loss
     assert got.history.valid_loss == expected.history.valid_loss
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_sum_of_squared_errors_equals_the_plain_expression(
-    kind: str, dtype: torch.dtype, restore_threads
-) -> None:
-    """Population.sse (the validation loss's pass) against the reference forward."""
-    kernels = restore_threads
-    kernels.set_threads(2)
-    pop = build_population(kind, seed=2, size=5, n_hidden=3).to(dtype)
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(4, 90, 2, generator=gen, dtype=dtype)
-    target = torch.randn(4, 90, 1, generator=gen, dtype=dtype)
-    got = pop.sse(x, target)
-    with reference_mode(), torch.no_grad():
-        expected = ((pop(x).double() - target.double()) ** 2).sum(dim=(1, 2, 3))
-        assert pop.sse(x, target).dtype == torch.float64  # the plain path off the fast one
-    assert got.dtype == torch.float64 and got.shape == (5,)
-    tol = 1e-5 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(got, expected, rtol=tol, atol=0)
