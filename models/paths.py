@@ -34,6 +34,7 @@ from torch import nn
 
 from models import kernels
 from models.kernels import glue, lanes
+from models.kernels.cuda import _ieee_cudnn_rnn
 from models.population import Population
 
 PATHS = ("fused", "torch")
@@ -265,8 +266,13 @@ def torch_forward(kind: str, weights: dict[str, torch.Tensor], x: torch.Tensor) 
     wr, br = weights["hr.weight"], weights["hr.bias"]
     w_ih = torch.cat([w1, br.unsqueeze(1)], dim=1)  # [H, I + 1]: hr's bias on the step input
     h0 = x.new_zeros(1, n_batch, wr.shape[0])
-    out, _ = torch._VF.rnn_tanh(_elman_as_rnn(x), h0, (w_ih, wr, b1, torch.zeros_like(b1)),
-                                True, 1, 0.0, torch.is_grad_enabled(), False, True)  # fmt: skip
+    # On CUDA cuDNN may round float32 to TF32 where the reference (nn.Linear) does not.
+    precision = _ieee_cudnn_rnn() if x.device.type == "cuda" else contextlib.nullcontext()
+    with precision:
+        out, _ = torch._VF.rnn_tanh(
+            _elman_as_rnn(x), h0, (w_ih, wr, b1, torch.zeros_like(b1)),
+            True, 1, 0.0, torch.is_grad_enabled(), False, True,
+        )  # fmt: skip
     return nn.functional.linear(out, weights["l2.weight"], weights["l2.bias"])
 
 

@@ -269,3 +269,22 @@ def test_prediction_path_follows_the_calibration(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(chooser_module, "load_calibration", lambda **_: None)
     assert choose(model="elman", hidden_size=8, n_sequences=4, seq_len=10) == "fused"
     assert choose(model="elman", hidden_size=9, n_sequences=4, seq_len=10) == "torch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_torch_path_on_cuda_equals_the_reference(kind: str) -> None:
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(3, 60, 2, generator=gen) * 2 - 1
+    t = torch.randn(3, 60, 1, generator=gen)
+    pop = build_population(kind, seed=8, size=3, n_hidden=5)
+    ref_losses, ref_grads = _reference(pop, x, t)
+    cuda = build_population(kind, seed=8, size=3, n_hidden=5).cuda()
+    losses, grads = batch_grads("torch", cuda, x.cuda(), t.cuda())
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+    for name, g, r in zip(pop.names, grads, ref_grads, strict=True):
+        scale = max(1.0, float(r.abs().max()))
+        torch.testing.assert_close(g.cpu(), r, rtol=0, atol=1e-5 * scale, msg=name)
+    cfg = TrainConfig(model=kind, epochs=2, n_sequences=3, seq_len=40, population=2, device="cuda")
+    history = train(cuda, make_splits(0, 3, 40), cfg)
+    assert history.path == "torch"
