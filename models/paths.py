@@ -59,10 +59,11 @@ PACK_BUDGET = 256 << 20
 VALID_LANES = 512
 
 
-def member_ranges(n_members: int, parts: int) -> list[tuple[int, int]]:
-    """[m0, m1) ranges of members, at most `parts`, as even as possible."""
-    parts = max(1, min(parts, n_members))
-    edges = [round(i * n_members / parts) for i in range(parts + 1)]
+def even_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """[a, b) ranges splitting 0 … n-1 (members, rows) into at most `parts`, as even as
+    possible."""
+    parts = max(1, min(parts, n))
+    edges = [round(i * n / parts) for i in range(parts + 1)]
     return [(edges[i], edges[i + 1]) for i in range(parts)]
 
 
@@ -188,7 +189,7 @@ class FusedPath:
         (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
         hp = lanes.AdamConfig(float(lr), float(beta1), float(beta2), float(eps), float(clip))
         losses = np.zeros(pop.size)
-        ranges = member_ranges(pop.size, kernels.get_threads())
+        ranges = even_ranges(pop.size, kernels.get_threads())
 
         def run(m0: int, m1: int) -> None:
             slot = ranges.index((m0, m1))
@@ -238,7 +239,7 @@ class FusedPath:
             future = glue.submit(lambda: self._validate(copy, 1, [(0, 1)], slot0=1))
             return ValidationRun(future, None, weights)
         _, params = self._params(pop)
-        ranges = member_ranges(pop.size, kernels.get_threads())
+        ranges = even_ranges(pop.size, kernels.get_threads())
         return ValidationRun(None, self._validate(params, pop.size, ranges, 0), list(pop.params))
 
 
@@ -375,7 +376,7 @@ class TorchPath:
         for i in range(0, n, self.batch_size):
             xb, tb = self.X[i : i + self.batch_size], self.T[i : i + self.batch_size]
             count = tb.numel()
-            ranges = member_ranges(xb.shape[0], self.parts)
+            ranges = even_ranges(xb.shape[0], self.parts)
             parts = self._parts(pop, xb, tb, count, ranges)
             sse = sum((parts[r][0] for r in ranges[1:]), parts[ranges[0]][0])
             optimizer.zero_grad(set_to_none=True)
@@ -391,7 +392,7 @@ class TorchPath:
 
     def _validate(self, pop: Population, weights: Sequence[torch.Tensor]) -> list[float]:
         names = pop.names
-        ranges = member_ranges(self.Xv.shape[0], self.parts)
+        ranges = even_ranges(self.Xv.shape[0], self.parts)
         totals: dict[tuple[int, int], torch.Tensor] = {}
 
         def work(a: int, b: int) -> None:
