@@ -50,7 +50,7 @@ from models import kernels
 from models.kernels import compile as kernels_compile
 from models.kernels import lanes
 
-CALIBRATION_VERSION = 8
+CALIBRATION_VERSION = 9
 # Sizes the calibration times (hidden units, sequences per pass), spanning the range where
 # the paths compete (small steps: fixed costs; large: arithmetic). The fused kernels compile
 # the loops over units in up to lanes.UNROLL_MAX units, a regime of its own ("fused-unrolled",
@@ -136,9 +136,13 @@ def epoch_seconds(
     seq_len: int,
     threads: int,
     split: bool = True,
+    layout: str = "lanes",
 ) -> float:
     """The model's seconds per epoch of `path` for this run's shape (torch: with its rows
-    split over the threads, or on one thread)."""
+    split over the threads, or on one thread; fused: in the lanes or the rows layout, whose
+    cost is modelled as the lanes' for the lanes it would fill, with its units padded to a
+    multiple of LANES: a pass over S < LANES sequences of H units costs S / LANES · ⌈H⌉/H of
+    a lane group's)."""
     n_train, n_valid = n_sequences
     key = f"{model}/{path}"
     if path == "fused" and hidden_size <= lanes.UNROLL_MAX:
@@ -151,9 +155,21 @@ def epoch_seconds(
 
     if path == "fused":
         members = math.ceil(population / max(1, min(threads, population)))  # busiest thread
-        train = sum(train_cost(seq_len, work(members * n)) for n in batches)
+
+        padding = math.ceil(hidden_size / lanes.L) * lanes.L / hidden_size
+
+        def filled(n_seq: int) -> float:
+            # The rows layout pays for the lanes it fills, its units padded to LANES.
+            if layout == "lanes":
+                return 1.0
+            return padding * n_seq / (lanes.L * math.ceil(n_seq / lanes.L))
+
+        train = sum(train_cost(seq_len, work(members * n)) * filled(members * n) for n in batches)
         per_pass = max(1, min(n_valid, 512 // members))  # paths.VALID_LANES
-        valid = sum(valid_cost(seq_len, work(members * n)) for n in _passes(n_valid, per_pass))
+        valid = sum(
+            valid_cost(seq_len, work(members * n)) * filled(members * n)
+            for n in _passes(n_valid, per_pass)
+        )
         if population == 1 and threads > 1:  # validation beside the next epoch's training
             return max(train, valid)
         return train + valid
@@ -190,6 +206,7 @@ def _time_path(
     batch: int,
     repeat: int = 5,
     split: bool | None = None,
+    layout: str = "lanes",
 ) -> tuple[float, float]:
     """Seconds of a training epoch over (x, t) in batches of `batch` rows and of a
     validation pass over (xv, tv), as `models.train` runs them on `path` (median of
@@ -200,7 +217,7 @@ def _time_path(
     optimizer = make_optimizer(pop, 1e-3)
     engine: FusedPath | TorchPath
     if path == "fused":
-        engine = FusedPath(pop, x, t, xv, tv, batch)
+        engine = FusedPath(pop, x, t, xv, tv, batch, layout)
     else:
         engine = TorchPath(pop, x, t, xv, tv, batch, _clip_per_member, split=split)
     with engine.threads():
@@ -339,9 +356,10 @@ def _store(stored: str, key: str, calibration: Calibration) -> None:
 
 CLOSE = 3.0  # predictions within this factor are decided by a probe at the run's shape
 PROBE_LENGTHS = (64, 256)  # steps of a probe's two timings
-# What a run can train on here: the fused path, or the torch path with its rows split over
-# the threads or on one (`paths.TorchPath`'s `split`).
-CANDIDATES = ("fused", "torch-split", "torch-serial")
+# What a run can train on here: the fused path in its two layouts (`paths.FusedPath`'s
+# `layout`; "rows" only for batches that leave lanes empty), or the torch path with its rows
+# split over the threads or on one (`paths.TorchPath`'s `split`).
+CANDIDATES = ("fused", "fused-rows", "torch-split", "torch-serial")
 
 
 def probe_key(shape: dict[str, Any]) -> str:
@@ -364,6 +382,7 @@ def probe(shape: dict[str, Any], candidates: list[str]) -> dict[str, float]:
         for candidate in candidates:
             path = candidate.split("-")[0]
             split = candidate == "torch-split"
+            layout = "rows" if candidate == "fused-rows" else "lanes"
             seconds = []
             for steps in lengths:
                 gen = torch.Generator().manual_seed(0)
@@ -374,7 +393,9 @@ def probe(shape: dict[str, Any], candidates: list[str]) -> dict[str, float]:
                 pop = build_population(
                     shape["model"], seed=0, size=shape["population"], n_hidden=shape["hidden_size"]
                 )
-                train, valid = _time_path(path, pop, x, t, xv, tv, batch, repeat=3, split=split)
+                train, valid = _time_path(
+                    path, pop, x, t, xv, tv, batch, repeat=3, split=split, layout=layout
+                )
                 train *= n_train / rows
                 valid *= n_valid / valid_rows
                 # Validation beside the next epoch's training: one member, one training thread.
@@ -419,8 +440,11 @@ def estimates(
         "torch-split": epoch_seconds(calibration, "torch", split=True, **shape),  # type: ignore[arg-type]
         "torch-serial": epoch_seconds(calibration, "torch", split=False, **shape),  # type: ignore[arg-type]
     }
+    rows_cost = epoch_seconds(calibration, "fused", layout="rows", **shape)  # type: ignore[arg-type]
+    if rows_cost < modelled["fused"]:  # (batches that leave lanes empty, units not padded much)
+        modelled["fused-rows"] = rows_cost
     best = min(modelled.values())
-    contenders = [c for c in CANDIDATES if modelled[c] <= CLOSE * best]
+    contenders = [c for c in CANDIDATES if c in modelled and modelled[c] <= CLOSE * best]
     if len(contenders) == 1:
         return modelled
     key = probe_key(shape)
@@ -495,3 +519,23 @@ def predict_path(*, model: str, hidden_size: int, n_sequences: int, seq_len: int
         seq_len, _work("torch", model, hidden_size, n_sequences)
     )
     return "fused" if fused <= torch_ else "torch"
+
+
+def fused_layout(
+    *,
+    model: str,
+    hidden_size: int,
+    batch_size: int,
+    population: int,
+    n_sequences: tuple[int, int],
+    seq_len: int,
+    device: str = "cpu",
+    calibration: Calibration | None = None,
+) -> str:
+    """The fused path's layout for this run: "rows" where `estimates` has it faster than
+    "lanes" (batches that leave lanes empty), else "lanes"."""
+    found = estimates(
+        model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
+        n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
+    )  # fmt: skip
+    return "rows" if found.get("fused-rows", math.inf) < found["fused"] else "lanes"

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from models import kernels
-from models.kernels import glue, lanes
+from models.kernels import glue, lanes, rows
 from models.kernels.cuda import _ieee_cudnn_rnn
 from models.population import Population
 
@@ -55,8 +55,11 @@ LANE_ORDER = {
 # Inputs packed per lane when they take at most this (per split and member count): plain
 # vector loads instead of a gather per lane and step. Beyond it the kernels gather.
 PACK_BUDGET = 256 << 20
-# Sequences of one validation pass (its workspace keeps two steps of state for each).
+# Sequences of one validation pass (its workspace keeps two steps of state for each): lanes
+# of all members, rows of one member.
 VALID_LANES = 512
+VALID_ROWS = 64
+LAYOUTS = ("lanes", "rows")
 
 
 def even_ranges(n: int, parts: int) -> list[tuple[int, int]]:
@@ -102,7 +105,10 @@ class ValidationRun:
 
 
 class FusedPath:
-    """Training on the CPU with the lane kernels (`models.kernels.lanes`)."""
+    """Training on the CPU with rnnlab's compiled kernels, in one of two layouts: "lanes"
+    (`models.kernels.lanes`, one sequence per vector lane: small sizes, or many sequences)
+    or "rows" (`models.kernels.rows`, one sequence's pre-activation rows per vector: a few
+    sequences of a larger network). `models.chooser.fused_layout` picks one per shape."""
 
     name = "fused"
 
@@ -114,7 +120,11 @@ class FusedPath:
         Xv: torch.Tensor,
         Tv: torch.Tensor,
         batch_size: int,
+        layout: str = "lanes",
     ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+        self.layout = layout
         self.kind = lanes.KINDS[pop.kind]
         self.dims = (pop.n_input, pop.n_hidden, pop.n_out)
         self.shape = tuple(lanes.size_tag(n) for n in self.dims)
@@ -128,9 +138,11 @@ class FusedPath:
         self.used[2] = self.used[3] = pop.kind == "lstm" or self.n_steps > 1
         self._data: dict[tuple[str, int], lanes.Data] = {}
         self._workspaces: dict[tuple[str, int, int], lanes.Workspace] = {}
-        epoch = lanes.lstm_epoch if self.kind == lanes.LSTM else lanes.elman_epoch
-        sse = lanes.lstm_sse if self.kind == lanes.LSTM else lanes.elman_sse
-        self._epoch, self._sse = epoch, sse
+        module: Any = lanes if layout == "lanes" else rows
+        lstm = self.kind == lanes.LSTM
+        self._epoch = module.lstm_epoch if lstm else module.elman_epoch
+        self._sse = module.lstm_sse if lstm else module.elman_sse
+        self._numpy = {k: (x.numpy(), t.numpy()) for k, (x, t) in self.splits.items()}
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:
@@ -161,9 +173,16 @@ class FusedPath:
             self._data[key] = lanes.make_data(x.numpy(), t.numpy(), rows, n_members, PACK_BUDGET)
         return self._data[key]
 
-    def _workspace(self, split: str, n_members: int, slot: int) -> lanes.Workspace:
+    def _workspace(self, split: str, n_members: int, slot: int) -> Any:
         """A workspace per concurrently running range (`slot`) and member count."""
         key = (split, n_members, slot)
+        if key not in self._workspaces and self.layout == "rows":
+            x = self.splits[split][0]
+            n_seq = self.batch_size if split == "train" else min(x.shape[0], VALID_ROWS)
+            steps = self.n_steps if split == "train" else 2
+            self._workspaces[key] = rows.workspace(
+                self.kind, *self.dims, n_seq, steps, self.dtype_np
+            )
         if key not in self._workspaces:
             data = self._data_for(split, n_members)
             lanes_per_pass = n_members * min(data.rows_per_pass, data.xt.shape[2])
@@ -193,10 +212,15 @@ class FusedPath:
 
         def run(m0: int, m1: int) -> None:
             slot = ranges.index((m0, m1))
-            data = self._data_for("train", m1 - m0)
             ws = self._workspace("train", m1 - m0, slot)
-            self._epoch(self.shape, data, m0, m1, params, moments1, moments2, steps, hp,
-                        self.used, ws, losses)  # fmt: skip
+            if self.layout == "rows":
+                x, t = self._numpy["train"]
+                self._epoch(self.shape, x, t, self.batch_size, m0, m1, params, moments1,
+                            moments2, steps, hp, self.used, ws, losses)  # fmt: skip
+            else:
+                data = self._data_for("train", m1 - m0)
+                self._epoch(self.shape, data, m0, m1, params, moments1, moments2, steps, hp,
+                            self.used, ws, losses)  # fmt: skip
 
         glue.run_groups(run, ranges)
         n_batches = -(-self.splits["train"][0].shape[0] // self.batch_size)
@@ -211,10 +235,12 @@ class FusedPath:
 
         def run(m0: int, m1: int) -> None:
             slot = slot0 + list(ranges).index((m0, m1))
-            data = self._data_for("valid", m1 - m0)
-            self._sse(
-                self.shape, data, m0, m1, params, self._workspace("valid", m1 - m0, slot), out
-            )
+            ws = self._workspace("valid", m1 - m0, slot)
+            if self.layout == "rows":
+                x, t = self._numpy["valid"]
+                self._sse(self.shape, x, t, m0, m1, params, ws, out)
+            else:
+                self._sse(self.shape, self._data_for("valid", m1 - m0), m0, m1, params, ws, out)
 
         if len(ranges) == 1:
             run(*ranges[0])
@@ -423,24 +449,32 @@ class TorchPath:
 
 
 def batch_grads(
-    path: str, pop: Population, x: torch.Tensor, target: torch.Tensor
+    path: str, pop: Population, x: torch.Tensor, target: torch.Tensor, layout: str = "lanes"
 ) -> tuple[list[float], list[torch.Tensor]]:
-    """One batch through `path` without a step: each member's MSE, and the gradient of the
-    sum of the members' losses (each member's its own loss's) for every parameter, in
-    `pop.params` order (zeros for a parameter the batch does not reach)."""
+    """One batch through `path` (and the fused path's `layout`) without a step: each
+    member's MSE, and the gradient of the sum of the members' losses (each member's its own
+    loss's) for every parameter, in `pop.params` order (zeros for a parameter the batch does
+    not reach)."""
     if path == "fused":
-        engine = FusedPath(pop, x, target, x, target, x.shape[0])
+        engine = FusedPath(pop, x, target, x, target, x.shape[0], layout)
         ps, params = engine._params(pop)
         grads = [torch.zeros_like(p) for p in ps]
+        grad_views = lanes.Params(*(_flat(g) for g in grads))
         out = np.zeros(pop.size)
-        data = lanes.make_data(x.numpy(), target.numpy(), x.shape[0], pop.size, PACK_BUDGET)
-        ws = lanes.workspace(
-            engine.kind, *engine.dims, -(-pop.size * x.shape[0] // lanes.L), x.shape[1],
-            engine.dtype_np,
-        )  # fmt: skip
-        fn = lanes.lstm_grads if engine.kind == lanes.LSTM else lanes.elman_grads
-        fn(engine.shape, data, 0, pop.size, params, engine.used, ws, out,
-           lanes.Params(*(_flat(g) for g in grads)))  # fmt: skip
+        lstm = engine.kind == lanes.LSTM
+        if layout == "rows":
+            ws = rows.workspace(engine.kind, *engine.dims, x.shape[0], x.shape[1], engine.dtype_np)
+            fn = rows.lstm_grads if lstm else rows.elman_grads
+            fn(engine.shape, x.numpy(), target.numpy(), 0, pop.size, params, engine.used, ws,
+               out, grad_views)  # fmt: skip
+        else:
+            data = lanes.make_data(x.numpy(), target.numpy(), x.shape[0], pop.size, PACK_BUDGET)
+            ws = lanes.workspace(
+                engine.kind, *engine.dims, -(-pop.size * x.shape[0] // lanes.L), x.shape[1],
+                engine.dtype_np,
+            )  # fmt: skip
+            fn = lanes.lstm_grads if lstm else lanes.elman_grads
+            fn(engine.shape, data, 0, pop.size, params, engine.used, ws, out, grad_views)
         by_name = dict(zip(engine.order, grads, strict=True))
         return out.tolist(), [by_name[n] for n in pop.names]
     if path != "torch":

@@ -440,7 +440,7 @@ def make_path(
     config: TrainConfig,
 ) -> FusedPath | TorchPath:
     """The training path `name` ("fused", "torch"; None: `choose_path`'s) for this run."""
-    from models.chooser import choose_path, torch_split
+    from models.chooser import choose_path, fused_layout, torch_split
 
     shape = dict(
         model=pop.kind,
@@ -456,7 +456,8 @@ def make_path(
     if name == "fused":
         if not FusedPath.supports(pop, X):
             raise ValueError("the fused path needs float32 or float64 parameters on the CPU")
-        return FusedPath(pop, X, T, Xv, Tv, config.batch_size)
+        layout = fused_layout(**shape)  # type: ignore[arg-type]
+        return FusedPath(pop, X, T, Xv, Tv, config.batch_size, layout)
     if name == "torch":
         split = torch_split(**shape) if X.device.type == "cpu" else False  # type: ignore[arg-type]
         return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member, split=split)

@@ -174,6 +174,32 @@ def vget(typingctx: Any, v: Any, lane: Any) -> Any:
     return v.dtype(v, lane), codegen
 
 
+@intrinsic
+def vsum(typingctx: Any, v: Any) -> Any:
+    """The sum of v's lanes, in a fixed order: (l0 + l4) + (l2 + l6) and (l1 + l5) + (l3 + l7),
+    then those two: halves folded onto each other, so the result never depends on the
+    machine."""
+    if not isinstance(v, Vec):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        x = args[0]
+        vt = x.type
+        width = LANES
+        while width > 1:
+            width //= 2
+            mask = [i + width for i in range(width)] + [0] * (LANES - width)
+            upper = builder.shuffle_vector(
+                x,
+                ir.Constant(vt, ir.Undefined),
+                ir.Constant(ir.VectorType(ir.IntType(32), LANES), mask),
+            )
+            x = builder.fadd(x, upper)
+        return builder.extract_element(x, ir.IntType(32)(0))
+
+    return v.dtype(v), codegen
+
+
 def _convert(name: str, src: Any, dst: Any) -> Any:
     def typer(typingctx: Any, v: Any) -> Any:
         if v != Vec(src):
@@ -407,6 +433,7 @@ __all__ = [
     "vsigmoid",
     "vsplat",
     "vstore",
+    "vsum",
     "vtanh",
     "vwiden",
 ]

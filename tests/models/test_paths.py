@@ -60,16 +60,27 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("path", PATHS)
+# The paths and the fused path's two layouts.
+WAYS = [("fused", "lanes"), ("fused", "rows"), ("torch", "lanes")]
+
+
+@pytest.mark.parametrize(("path", "layout"), WAYS)
 @pytest.mark.parametrize(("kind", "hidden", "members", "batch", "steps", "dtype"), CASES)
 def test_every_path_equals_the_reference(
-    path: str, kind: str, hidden: int, members: int, batch: int, steps: int, dtype: torch.dtype
+    path: str,
+    layout: str,
+    kind: str,
+    hidden: int,
+    members: int,
+    batch: int,
+    steps: int,
+    dtype: torch.dtype,
 ) -> None:
     gen = torch.Generator().manual_seed(hidden * 100 + members * 10 + batch)
     x = (torch.rand(batch, steps, 2, generator=gen, dtype=dtype) * 2 - 1).contiguous()
     t = torch.randn(batch, steps, 1, generator=gen, dtype=dtype)
     pop = build_population(kind, seed=hidden + members, size=members, n_hidden=hidden).to(dtype)
-    losses, grads = batch_grads(path, pop, x, t)
+    losses, grads = batch_grads(path, pop, x, t, layout)
     ref_losses, ref_grads = _reference(pop, x, t)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     np.testing.assert_allclose(losses, ref_losses, rtol=tol, atol=tol)
@@ -120,6 +131,35 @@ def test_fused_path_gives_the_same_bits_on_any_number_of_threads(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("population", [1, 3])
+def test_the_rows_layout_gives_the_same_bits_again_and_on_any_number_of_threads(
+    kind: str, population: int
+) -> None:
+    # The rows layout as train runs it (a few epochs of training and validation), directly.
+    from models.paths import FusedPath
+    from models.training import make_optimizer
+
+    splits = make_splits(2, 5, 60)
+    x, t = torch.as_tensor(splits.train.X), torch.as_tensor(splits.train.T)
+    xv, tv = torch.as_tensor(splits.valid.X), torch.as_tensor(splits.valid.T)
+    runs = []
+    for threads in (1, 2, 1, 3):
+        kernels.set_threads(threads)
+        pop = build_population(kind, seed=2, size=population, n_hidden=12)
+        optimizer = make_optimizer(pop, 0.03)
+        engine = FusedPath(pop, x, t, xv, tv, 2, "rows")
+        losses = []
+        for _ in range(4):
+            losses.append(engine.train_epoch(pop, optimizer, 0.03, 0.5))
+            losses.append(engine.validate(pop, beside_training=True).result())
+        runs.append((losses, [p.detach().clone() for p in pop.params]))
+    for losses, weights in runs[1:]:
+        assert losses == runs[0][0]
+        for a, b in zip(weights, runs[0][1], strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_paths_train_alike(kind: str) -> None:
     # The same recipe on both paths: the same trajectory within float32 rounding.
     fused, wf = _train(kind, "fused")
@@ -161,7 +201,7 @@ def test_the_chooser_follows_the_cost_model_and_probes_close_calls(
     def fake_probe(shape: dict[str, object], candidates: list[str]) -> dict[str, float]:
         # Timings that disagree with the model: the fused path slower than it predicts.
         probed.append(shape)
-        timed = {"fused": 2.0, "torch-split": 1.0, "torch-serial": 3.0}
+        timed = {"fused": 2.0, "fused-rows": 2.5, "torch-split": 1.0, "torch-serial": 3.0}
         return {c: timed[c] for c in candidates}
 
     monkeypatch.setattr(chooser_module, "probe", fake_probe)
@@ -175,6 +215,9 @@ def test_the_chooser_follows_the_cost_model_and_probes_close_calls(
             "torch-split": epoch_seconds(cal, "torch", split=True, **shape),  # type: ignore[arg-type]
             "torch-serial": epoch_seconds(cal, "torch", split=False, **shape),  # type: ignore[arg-type]
         }
+        rows = epoch_seconds(cal, "fused", layout="rows", **shape)  # type: ignore[arg-type]
+        if rows < modelled["fused"]:  # a candidate only where it beats the lanes layout
+            modelled["fused-rows"] = rows
         best = min(modelled.values())
         contenders = [c for c, v in modelled.items() if v <= chooser_module.CLOSE * best]
         close = len(contenders) > 1
@@ -182,7 +225,7 @@ def test_the_chooser_follows_the_cost_model_and_probes_close_calls(
         if close:
             probed.pop()  # (the expectation's own call)
         fastest = min(found, key=found.__getitem__)
-        expected = "fused" if fastest == "fused" else "torch"
+        expected = "fused" if fastest.startswith("fused") else "torch"
         before = len(probed)
         got = choose_path(model="lstm", hidden_size=hidden, calibration=cal, **NOTEBOOK)  # type: ignore[arg-type]
         assert got == expected, (hidden, found)
@@ -190,6 +233,9 @@ def test_the_chooser_follows_the_cost_model_and_probes_close_calls(
         assert len(probed) == before + (1 if close else 0)
         assert choose_path(model="lstm", hidden_size=hidden, calibration=cal, **NOTEBOOK) == got  # type: ignore[arg-type]
         decided[hidden] = (got, close)
+        layout = chooser_module.fused_layout(model="lstm", hidden_size=hidden, calibration=cal,
+                                             **NOTEBOOK)  # type: ignore[arg-type]  # fmt: skip
+        assert layout == ("rows" if found.get("fused-rows", 9e9) < found["fused"] else "lanes")
     # The model alone decides far calls; the probe decides the close ones (against the
     # model here: its fused timing is worse than predicted). The torch path's two ways are
     # always within CLOSE of each other: where it wins, they are timed.
