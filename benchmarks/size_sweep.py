@@ -98,7 +98,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     pop = build_population(cfg.model, seed=0, size=cfg.population, n_hidden=cfg.hidden_size)
     history = train(pop, splits, cfg, on_report=on_report, should_stop=stop)
     gaps = [b - a for a, b in itertools.pairwise(stamps[2:])]
-    return {"ms": statistics.median(gaps) * 1e3, "epochs": len(gaps), "path": history.path}
+    path = history.path + (f"/{history.layout}" if history.layout else "")
+    return {"ms": statistics.median(gaps) * 1e3, "epochs": len(gaps), "path": path}
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def grid(args: argparse.Namespace) -> dict[tuple[str, str, int], dict[str, Any]]
         f"size_sweep: ms per epoch (train + validation), population 1, Adam lr {LR}; "
         f"eager's best of {thread_counts} torch threads; each figure a process of its own"
     )
-    header = f"{'shape':<20} {'model':<6} {'H':>4} {'path':>6} {'rnnlab':>9} {'eager':>9}  ratio"
+    header = f"{'shape':<20} {'model':<6} {'H':>4} {'path':>12} {'rnnlab':>9} {'eager':>9}  ratio"
     print(header)
     turn = 0
     for shape_name, (n_seq, seq_len, batch) in SHAPES.items():
@@ -159,7 +160,7 @@ def grid(args: argparse.Namespace) -> dict[tuple[str, str, int], dict[str, Any]]
                 }  # fmt: skip
                 flag = "" if ratio >= 1.0 else "   < 1.0"
                 print(
-                    f"{shape_name:<20} {model:<6} {hidden:>4} {ours['path']:>6} "
+                    f"{shape_name:<20} {model:<6} {hidden:>4} {ours['path']:>12} "
                     f"{ours['ms']:9.2f} {best:9.2f} {ratio:6.2f}x{flag}",
                     flush=True,
                 )

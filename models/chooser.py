@@ -478,9 +478,8 @@ def choose_path(
         model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
         n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
     )  # fmt: skip
-    return (
-        "fused" if found["fused"] <= min(found["torch-split"], found["torch-serial"]) else "torch"
-    )
+    fused = min(found["fused"], found.get("fused-rows", math.inf))
+    return "fused" if fused <= min(found["torch-split"], found["torch-serial"]) else "torch"
 
 
 def torch_split(

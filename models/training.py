@@ -134,6 +134,7 @@ class History:
     members: list[Member] = field(default_factory=list)
     stopped: bool = False  # True when should_stop() ended training early
     path: str | None = None  # how the epochs were computed (`models.paths`)
+    layout: str | None = None  # the fused path's layout ("lanes" or "rows")
 
     @property
     def epochs_completed(self) -> int:
@@ -334,6 +335,7 @@ def train(
     history = History(
         members=[Member(index=i, seed=s) for i, s in zip(pop.indices, pop.seeds, strict=True)],
         path=engine.name,
+        layout=getattr(engine, "layout", None),
     )
     halvings = halving_epochs(config.epochs, pop.size)
     best_weights: dict[int, list[torch.Tensor]] = {}  # member index → its best epoch's weights
