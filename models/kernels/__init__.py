@@ -5,12 +5,14 @@ per-step ops (dispatch, autograd bookkeeping, tiny allocations) cost 100× the a
 
 Two families, by what they serve:
 
-- `lanes` (with `simd`): what training and prediction run on the CPU (`models.paths`'
-  fused path, `model(x)` without autograd). One sequence per lane of an 8-lane vector
-  (`simd.Vec`, explicit LLVM vectors): a step is a few dozen vector instructions per group
-  of 8 sequences; an epoch (forward, read-out, backward, Adam for every batch) is one
-  compiled call per thread of members, and the validation and inference passes keep two
-  steps of state. Small sizes are compiled in (`lanes.size_tag`).
+- `lanes` and `rows` (with `simd`): what training and prediction run on the CPU
+  (`models.paths`' fused path; `model(x)` without autograd runs `lanes`). On explicit
+  8-lane vectors (`simd.Vec`, LLVM vectors): `lanes` puts one sequence per lane, so a step
+  is a few dozen vector instructions per group of 8 sequences; `rows` puts one sequence's
+  gate rows per vector, for small batches of larger networks. An epoch (forward, read-out,
+  backward, Adam for every batch) is one compiled call per thread of members, and the
+  validation and inference passes keep two steps of state. Small sizes are compiled in
+  (`lanes.size_tag`).
 - `lstm`, `elman` (with `glue`): the recurrences as `torch.autograd.Function`s, for
   `model(x)` with autograd on the CPU (`LSTMFunction`, `ElmanFunction`; populations:
   `lstm_population`, `elman_population`), and their chunked inference for populations.
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels import lanes
+from models.kernels import lanes, rows
 from models.kernels.compile import _njit
 from models.kernels.cuda import _ieee_cudnn_rnn, elman_rnn_tanh
 from models.kernels.elman import (
@@ -71,6 +73,7 @@ __all__ = [
     "lstm_population",
     "lstm_population_inference",
     "lstm_recurrence",
+    "rows",
     "set_threads",
     "warm_up",
 ]
