@@ -458,7 +458,16 @@ def estimates(
     return {**modelled, **calibration.probes[key]}
 
 
-def choose_path(
+@dataclass(frozen=True)
+class Plan:
+    """How a run trains: its path, the fused path's layout and the torch path's split."""
+
+    path: str  # "fused" or "torch"
+    layout: str = "lanes"  # the fused path's: "lanes" or "rows"
+    split: bool = False  # the torch path's: a batch's rows over the threads, or one thread
+
+
+def plan(
     *,
     model: str,
     hidden_size: int,
@@ -469,39 +478,32 @@ def choose_path(
     device: str,
     fused_ok: bool = True,
     calibration: Calibration | None = None,
-) -> str:
-    """ "fused" or "torch" for this run: "torch" off the CPU (or where the fused kernels do
-    not apply), else the path of the fastest of `estimates`; ties go to "fused"."""
+    path: str | None = None,
+) -> Plan:
+    """The `Plan` for this run: the torch path off the CPU (or where the fused kernels do not
+    apply); else `path` if given, otherwise the path of the fastest of `estimates` (ties go
+    to "fused"), with that path's faster layout or split in `estimates`."""
     if device != "cpu" or not fused_ok:
-        return "torch"
+        return Plan("torch")
     found = estimates(
         model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
         n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
     )  # fmt: skip
-    fused = min(found["fused"], found.get("fused-rows", math.inf))
-    return "fused" if fused <= min(found["torch-split"], found["torch-serial"]) else "torch"
+    rows = found.get("fused-rows", math.inf)
+    if path is None:
+        fused = min(found["fused"], rows)
+        path = "fused" if fused <= min(found["torch-split"], found["torch-serial"]) else "torch"
+    can_split = kernels.get_threads() > 1 and min(batch_size, n_sequences[0]) > 1
+    return Plan(
+        path,
+        layout="rows" if rows < found["fused"] else "lanes",
+        split=can_split and found["torch-split"] < found["torch-serial"],
+    )
 
 
-def torch_split(
-    *,
-    model: str,
-    hidden_size: int,
-    batch_size: int,
-    population: int,
-    n_sequences: tuple[int, int],
-    seq_len: int,
-    device: str = "cpu",
-    calibration: Calibration | None = None,
-) -> bool:
-    """Whether the torch path splits this run's batches over the threads (else one thread
-    trains): the faster of the two in `estimates`."""
-    if device != "cpu" or kernels.get_threads() < 2 or min(batch_size, n_sequences[0]) < 2:
-        return False
-    found = estimates(
-        model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
-        n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
-    )  # fmt: skip
-    return found["torch-split"] < found["torch-serial"]
+def choose_path(**shape: Any) -> str:
+    """`plan(**shape).path`: "fused" or "torch" for this run."""
+    return plan(**shape).path
 
 
 def predict_path(*, model: str, hidden_size: int, n_sequences: int, seq_len: int) -> str:
@@ -518,23 +520,3 @@ def predict_path(*, model: str, hidden_size: int, n_sequences: int, seq_len: int
         seq_len, _work("torch", model, hidden_size, n_sequences)
     )
     return "fused" if fused <= torch_ else "torch"
-
-
-def fused_layout(
-    *,
-    model: str,
-    hidden_size: int,
-    batch_size: int,
-    population: int,
-    n_sequences: tuple[int, int],
-    seq_len: int,
-    device: str = "cpu",
-    calibration: Calibration | None = None,
-) -> str:
-    """The fused path's layout for this run: "rows" where `estimates` has it faster than
-    "lanes" (batches that leave lanes empty), else "lanes"."""
-    found = estimates(
-        model=model, hidden_size=hidden_size, batch_size=batch_size, population=population,
-        n_sequences=n_sequences, seq_len=seq_len, calibration=calibration,
-    )  # fmt: skip
-    return "rows" if found.get("fused-rows", math.inf) < found["fused"] else "lanes"

@@ -108,7 +108,7 @@ class FusedPath:
     """Training on the CPU with rnnlab's compiled kernels, in one of two layouts: "lanes"
     (`models.kernels.lanes`, one sequence per vector lane: small sizes, or many sequences)
     or "rows" (`models.kernels.rows`, one sequence's pre-activation rows per vector: a few
-    sequences of a larger network). `models.chooser.fused_layout` picks one per shape."""
+    sequences of a larger network). `models.chooser.plan` picks one per shape."""
 
     name = "fused"
 
@@ -357,7 +357,7 @@ class TorchPath:
         self.batch_size = batch_size
         self._clip_members = clip_members
         self.threads_available = kernels.get_threads() if X.device.type == "cpu" else 1
-        if split is None:  # (models.chooser.torch_split decides for a run)
+        if split is None:  # (models.chooser.plan decides for a run)
             split = min(batch_size, X.shape[0]) >= 2 * self.threads_available
         self.parts = self.threads_available if split and batch_size > 1 else 1
 

@@ -442,9 +442,14 @@ def make_path(
     config: TrainConfig,
 ) -> FusedPath | TorchPath:
     """The training path `name` ("fused", "torch"; None: `choose_path`'s) for this run."""
-    from models.chooser import choose_path, fused_layout, torch_split
+    from models.chooser import plan
 
-    shape = dict(
+    if name is not None and name not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}; got {name!r}")
+    fused_ok = FusedPath.supports(pop, X)
+    if name == "fused" and not fused_ok:
+        raise ValueError("the fused path needs float32 or float64 parameters on the CPU")
+    chosen = plan(
         model=pop.kind,
         hidden_size=pop.n_hidden,
         batch_size=config.batch_size,
@@ -452,18 +457,12 @@ def make_path(
         n_sequences=(X.shape[0], Xv.shape[0]),
         seq_len=X.shape[1],
         device=X.device.type,
+        fused_ok=fused_ok,
+        path=name,
     )
-    if name is None:
-        name = choose_path(fused_ok=FusedPath.supports(pop, X), **shape)  # type: ignore[arg-type]
-    if name == "fused":
-        if not FusedPath.supports(pop, X):
-            raise ValueError("the fused path needs float32 or float64 parameters on the CPU")
-        layout = fused_layout(**shape)  # type: ignore[arg-type]
-        return FusedPath(pop, X, T, Xv, Tv, config.batch_size, layout)
-    if name == "torch":
-        split = torch_split(**shape) if X.device.type == "cpu" else False  # type: ignore[arg-type]
-        return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member, split=split)
-    raise ValueError(f"path must be one of {', '.join(PATHS)}; got {name!r}")
+    if chosen.path == "fused":
+        return FusedPath(pop, X, T, Xv, Tv, config.batch_size, chosen.layout)
+    return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member, split=chosen.split)
 
 
 def evaluate(model: nn.Module, split: Split) -> Metrics:

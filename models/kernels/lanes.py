@@ -399,6 +399,17 @@ def _forward(kind, shape, data, goff, row0, n_batch, n_seq, keep, ws):
 
 
 @_njit(inline="always")
+def _dh_at(t, g, j, n_steps, n_hidden, n_out, scale, ol, err, dh):
+    """dL/dh_t of unit j in lane group g: through step t + 1 (dh) plus the read-out's,
+    scale · Σ_o err_t[o] W_out[o, j]."""
+    d = vload(dh, (g * n_hidden + j) * L)
+    for o in range(n_out):
+        e = vload(err, ((g * n_steps + t) * n_out + o) * L) * scale
+        d = vfma(e, vload(ol, ((g * n_out + o) * (1 + n_hidden) + 1 + j) * L), d)
+    return d
+
+
+@_njit(inline="always")
 def _lstm_dz(t, g, n_steps, shape, scale, ol, err, gates, cs, tcs, dh, dc, dz):
     """dz = dL/d(gate pre-activations) at step t of every group, from dh (dL/dh_t through
     step t + 1) plus the read-out's, and dc (dL/dc_t through c_{t+1}, then replaced by
@@ -406,10 +417,7 @@ def _lstm_dz(t, g, n_steps, shape, scale, ol, err, gates, cs, tcs, dh, dc, dz):
     n_rows, _, n_hidden, n_out = _dims(_LSTM_TAG, shape)
     for j in range(n_hidden):
         hb = (g * n_hidden + j) * L
-        d = vload(dh, hb)
-        for o in range(n_out):
-            e = vload(err, ((g * n_steps + t) * n_out + o) * L) * scale
-            d = vfma(e, vload(ol, ((g * n_out + o) * (1 + n_hidden) + 1 + j) * L), d)
+        d = _dh_at(t, g, j, n_steps, n_hidden, n_out, scale, ol, err, dh)
         gb = (g * n_steps + t) * n_rows * L
         tc = vload(tcs, ((g * n_steps + t) * n_hidden + j) * L)
         i = vload(gates, gb + j * L)
@@ -436,10 +444,7 @@ def _elman_dz(t, g, n_steps, shape, scale, ol, err, hs, dh, dz):
     _, _, n_hidden, n_out = _dims(_ELMAN_TAG, shape)
     for j in range(n_hidden):
         hb = (g * n_hidden + j) * L
-        d = vload(dh, hb)
-        for o in range(n_out):
-            e = vload(err, ((g * n_steps + t) * n_out + o) * L) * scale
-            d = vfma(e, vload(ol, ((g * n_out + o) * (1 + n_hidden) + 1 + j) * L), d)
+        d = _dh_at(t, g, j, n_steps, n_hidden, n_out, scale, ol, err, dh)
         h = vload(hs, ((g * n_steps + t) * n_hidden + j) * L)
         vstore(dz, hb, d * (1.0 - h * h))
 

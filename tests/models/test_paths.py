@@ -234,9 +234,14 @@ def test_the_chooser_follows_the_cost_model_and_probes_close_calls(
         assert len(probed) == before + (1 if close else 0)
         assert choose_path(model="lstm", hidden_size=hidden, calibration=cal, **NOTEBOOK) == got  # type: ignore[arg-type]
         decided[hidden] = (got, close)
-        layout = chooser_module.fused_layout(model="lstm", hidden_size=hidden, calibration=cal,
-                                             **NOTEBOOK)  # type: ignore[arg-type]  # fmt: skip
-        assert layout == ("rows" if found.get("fused-rows", 9e9) < found["fused"] else "lanes")
+        chosen = chooser_module.plan(model="lstm", hidden_size=hidden, calibration=cal,
+                                     **NOTEBOOK)  # type: ignore[arg-type]  # fmt: skip
+        assert chosen.path == got
+        assert chosen.layout == (
+            "rows" if found.get("fused-rows", 9e9) < found["fused"] else "lanes"
+        )
+        can_split = kernels.get_threads() > 1  # (and the batch of 3 splits)
+        assert chosen.split == (can_split and found["torch-split"] < found["torch-serial"])
     # The model alone decides far calls; the probe decides the close ones (against the
     # model here: its fused timing is worse than predicted). The torch path's two ways are
     # always within CLOSE of each other: where it wins, they are timed.
