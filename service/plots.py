@@ -263,7 +263,15 @@ def scatter_plot(
 
 
 # `runs=<id>,<id>,…`: 1 to MAX_COMPARE_RUNS ids, no blanks (published as the parameter's pattern).
-RUN_IDS_PATTERN = rf"^[^,\s]+(,[^,\s]+){{0,{MAX_COMPARE_RUNS - 1}}}$"
+# Blanks are spelled out: `\s` means different characters to Python's `re`, to the Rust regex
+# pydantic checks with and to ECMA-262 (the schema's dialect, used by clients); this class is
+# the union of the three (Python adds U+001C-U+001F, ECMA-262 U+FEFF), with escapes all read alike.
+BLANKS = (
+    r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a"
+    r"\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+RUN_ID = rf"[^,{BLANKS}]+"
+RUN_IDS_PATTERN = rf"^{RUN_ID}(,{RUN_ID}){{0,{MAX_COMPARE_RUNS - 1}}}$"
 RUN_IDS_DESCRIPTION = (
     f"comma-separated run ids, 1 to {MAX_COMPARE_RUNS}; a run named twice is compared once"
 )

@@ -143,3 +143,36 @@ def test_compare_json_matches_the_runs(client: TestClient, runs: dict[str, str])
     assert only_queued["best"] is None
     problem(client.get("/compare", params={"runs": "nope"}), 404)
     problem(client.get("/compare", params={"runs": ""}), 422)
+
+
+# ECMA-262's WhiteSpace and LineTerminator (what `\s` means to a client validating the schema).
+ECMA_BLANKS = set("\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff") | {
+    chr(c) for c in range(0x2000, 0x200B)
+}
+
+
+def test_the_run_ids_pattern_names_its_blanks_and_every_engine_agrees(client: TestClient) -> None:
+    import re
+
+    spec = client.get("/openapi.json").json()
+    published = {
+        p["schema"]["pattern"]
+        for path in ("/compare", "/plots/compare.{fmt}")
+        for p in spec["paths"][path]["get"]["parameters"]
+        if p["name"] == "runs"
+    }
+    assert len(published) == 1
+    pattern = published.pop()
+    assert "\\s" not in pattern  # its meaning differs between Python, Rust and ECMA-262
+    # A blank to Python (str.isspace) or to ECMA-262 is refused inside an id; nothing else is.
+    one_id = re.compile(pattern)
+    blanks = {chr(c) for c in range(0x110000) if chr(c).isspace()} | ECMA_BLANKS
+    for c in map(chr, range(0x110000)):
+        if 0xD800 <= ord(c) <= 0xDFFF:
+            continue  # surrogates: not characters a client can send
+        assert bool(one_id.match(f"a{c}b")) == (c not in blanks), hex(ord(c))  # "," splits
+    # And the server (pydantic's own regex engine) agrees on every blank: 422, never a 404.
+    for c in sorted(blanks):
+        problem(client.get("/compare", params={"runs": f"x{c}y"}), 422)
+        problem(client.get("/plots/compare.svg", params={"runs": f"x{c}y"}), 422)
+    problem(client.get("/compare", params={"runs": "x\u200by"}), 404)  # zero-width: not a blank
