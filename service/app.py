@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import db as database
-from service import dispatch, lifecycle, metrics, openapi, problems, security
+from service import dispatch, lifecycle, limits, metrics, openapi, problems, security
 from service.inference import ModelCache
 from service.routes import compare, health, plots, predict, runs, sweeps
 from service.settings import Settings, get_settings
@@ -74,7 +74,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        detail = f"request body over {self.max_bytes} bytes (RNNLAB_MAX_BODY_BYTES)"
+        detail = limits.body_too_large(self.max_bytes)
         response = problems.render(request, problems.ProblemError(413, detail))
         await response(scope, receive, send)
 

@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     import models
-    from service import plots, runs
+    from service import limits, plots, runs
     from service.execution import checkpoint_bytes
     from service.settings import get_settings
 
@@ -133,7 +133,7 @@ def train(args: argparse.Namespace) -> int:
         return _complain(console, [{"loc": ["plot"], "msg": "must end in .svg or .png"}])
     try:
         spec = RunCreate.model_validate(run_spec(args))
-        runs.check_limits(spec, get_settings())
+        limits.check_run(spec, get_settings())
         cfg = runs.resolve_config(spec)
     except ValidationError as e:
         return _complain(console, [dict(err) for err in e.errors()])

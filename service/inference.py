@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from models import build_model, predict
+from service import limits
 from service.db import Database
 from service.problems import invalid
 from service.runs import get_run_or_404, read_checkpoint, require_succeeded
@@ -60,31 +61,6 @@ class ModelCache:
             self._models.pop(run_id, None)
 
 
-def check_predict_limits(sequences: list[list[list[float]]], settings: Settings) -> None:
-    if len(sequences) > settings.max_predict_sequences:
-        raise invalid(
-            [
-                {
-                    "loc": ["body", "sequences"],
-                    "msg": f"at most {settings.max_predict_sequences} sequences per request",
-                    "type": "limit_exceeded",
-                }
-            ]
-        )
-    steps = sum(len(s) for s in sequences)
-    if steps > settings.max_predict_steps:
-        raise invalid(
-            [
-                {
-                    "loc": ["body", "sequences"],
-                    "msg": f"{steps} steps in all; at most {settings.max_predict_steps} "
-                    "per request",
-                    "type": "combined_limit_exceeded",
-                }
-            ]
-        )
-
-
 def run_predict(
     *,
     db: Database,
@@ -94,7 +70,7 @@ def run_predict(
     sequences: list[list[list[float]]],
 ) -> list[list[float]]:
     """One output per time step of each sequence, from a succeeded run's weights."""
-    check_predict_limits(sequences, settings)
+    limits.check_predict(sequences, settings)
     return predict_outputs(cache.get(db, run_id), sequences)
 
 

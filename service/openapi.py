@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service import security
+from service import limits, security
 from service.schemas import PredictRequest
 from service.settings import Settings
 
@@ -49,7 +49,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                 model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}")
             )
         _problem_bodies(schema)
-        publish_limits(schema, settings)
+        limits.publish(schema, settings, [op for _p, _m, op in _operations(schema)])
         if settings.keys:
             _security(schema)
         app.openapi_schema = schema
@@ -81,63 +81,6 @@ def _problem_bodies(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
-
-
-def _bound(prop: dict[str, Any], key: str, value: int) -> None:
-    """Set a bound on a property, also inside `anyOf: [<type>, null]`."""
-    targets = [prop] if "type" in prop else [p for p in prop.get("anyOf", []) if "type" in p]
-    for t in targets:
-        if t.get("type") != "null":
-            t[key] = min(value, t.get(key, value))
-
-
-def publish_limits(schema: dict[str, Any], settings: Settings) -> None:
-    """Write the settings' per-field limits into the schema, the cross-field ones into text."""
-    comps = schema["components"]["schemas"]
-    run = comps["RunCreate"]["properties"]
-    _bound(run["epochs"], "maximum", settings.max_epochs)
-    _bound(run["hidden_size"], "maximum", settings.max_hidden_size)
-    _bound(run["batch_size"], "maximum", settings.max_batch_size)
-    data = comps["DataSpec"]["properties"]
-    _bound(data["n_sequences"], "maximum", settings.max_n_sequences)
-    _bound(data["seq_len"], "maximum", settings.max_seq_len)
-    comps["RunCreate"]["description"] = (
-        "A training run. Besides each field's own bounds, this server refuses (422, error "
-        "type `combined_limit_exceeded`) a run whose data.n_sequences × data.seq_len exceeds "
-        f"{settings.max_data_steps} (per split), or whose activation memory "
-        "min(batch_size, data.n_sequences) × data.seq_len × hidden_size × population exceeds "
-        f"{settings.max_train_activations}."
-    )
-    predict = comps["PredictRequest"]["properties"]["sequences"]
-    predict["maxItems"] = settings.max_predict_sequences
-    predict["items"]["maxItems"] = settings.max_predict_steps
-    predict["description"] = (
-        "each sequence is a list of [value, marker] steps; at most "
-        f"{settings.max_predict_steps} steps in all sequences together (else 422, error type "
-        "`combined_limit_exceeded`)"
-    )
-    # A sweep's base and grid take the same fields, so the same bounds.
-    bounds = {
-        "epochs": settings.max_epochs,
-        "hidden_size": settings.max_hidden_size,
-        "batch_size": settings.max_batch_size,
-        "n_sequences": settings.max_n_sequences,
-        "seq_len": settings.max_seq_len,
-    }
-    for name, limit in bounds.items():
-        holder = comps["SweepData"] if name in ("n_sequences", "seq_len") else comps["SweepBase"]
-        _bound(holder["properties"][name], "maximum", limit)
-        key = f"data.{name}" if holder is comps["SweepData"] else name
-        _bound(comps["SweepGrid"]["properties"][key]["items"], "maximum", limit)
-    for prop in comps["SweepGrid"]["properties"].values():
-        prop["maxItems"] = settings.max_sweep_runs
-    scalar = comps["ScalarRNNRequest"]["properties"]["x"]
-    scalar["maxItems"] = settings.max_predict_steps
-    for _path, _method, op in _operations(schema):
-        if "413" in op["responses"]:
-            op["responses"]["413"]["description"] = (
-                f"Request body over {settings.max_body_bytes} bytes (RNNLAB_MAX_BODY_BYTES)"
-            )
 
 
 def _security(schema: dict[str, Any]) -> None:

@@ -13,52 +13,13 @@ from sqlalchemy.orm import Session
 
 from models.population import member_seed
 from models.training import Member, TrainConfig
+from service import limits
 from service.problems import ProblemError, conflict, invalid, not_found
 from service.schemas import Losses, MemberRead, RunConfig, RunCreate, RunMetrics, RunRead
 from service.settings import Settings
 from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
 MAX_LIST_LIMIT = 100
-
-
-def check_limits(spec: RunCreate, settings: Settings) -> None:
-    """Refuse (422) a run larger than this server's configured limits."""
-    data = spec.data
-    # (loc, value, limit, what): the single-field bounds are published in the schema as each
-    # field's maximum; a combined one (with `what`) spans fields, so the schema describes it.
-    checks: list[tuple[tuple[str, ...], int, int, str]] = [
-        (("epochs",), spec.epochs, settings.max_epochs, ""),
-        (("hidden_size",), spec.hidden_size, settings.max_hidden_size, ""),
-        (("batch_size",), spec.batch_size, settings.max_batch_size, ""),
-        (("data", "n_sequences"), data.n_sequences, settings.max_n_sequences, ""),
-        (("data", "seq_len"), data.seq_len, settings.max_seq_len, ""),
-        (
-            ("data",),
-            data.n_sequences * data.seq_len,
-            settings.max_data_steps,
-            "n_sequences × seq_len",
-        ),
-        (
-            ("batch_size",),
-            min(spec.batch_size, data.n_sequences)
-            * data.seq_len
-            * spec.hidden_size
-            * spec.population,
-            settings.max_train_activations,
-            "min(batch_size, n_sequences) × seq_len × hidden_size × population",
-        ),
-    ]
-    errors = [
-        {
-            "loc": ["body", *loc],
-            "msg": f"must be at most {limit} on this server" + (f" ({what})" if what else ""),
-            "type": "combined_limit_exceeded" if what else "limit_exceeded",
-        }
-        for loc, value, limit, what in checks
-        if value > limit
-    ]
-    if errors:
-        raise invalid(errors)
 
 
 DATA_FIELDS = ("n_sequences", "seq_len", "marker_probs")  # nested under "data" in the API
@@ -125,14 +86,7 @@ def queued_count(session: Session) -> int:
 def _check_queue(session: Session, settings: Settings) -> None:
     """429 with Retry-After when RNNLAB_MAX_QUEUED runs are already waiting."""
     lock_queue(session)
-    queued = queued_count(session)
-    if queued is not None and queued >= settings.max_queued:
-        raise ProblemError(
-            429,
-            f"{queued} runs are already queued (limit {settings.max_queued} on this server); "
-            "try again later",
-            headers={"Retry-After": str(settings.queue_retry_after_s)},
-        )
+    limits.check_queue_room(queued_count(session), 1, settings)
 
 
 def create_run(
@@ -144,7 +98,7 @@ def create_run(
     check_queue: bool = True,
 ) -> Run:
     """Validate a run against the limits and the queue bound, store it as queued."""
-    check_limits(spec, settings)
+    limits.check_run(spec, settings)
     cfg = resolve_config(spec)
     if check_queue:  # in the write transaction: the count cannot race
         _check_queue(session, settings)

@@ -46,15 +46,15 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=0.25, gt=0)  # idle worker's wait between claims
     shutdown_grace_s: float = Field(default=30.0, gt=0)
 
-    # Input limits (the API refuses larger requests with 422).
+    # Input limits (the API refuses larger requests with 422; service.limits says what each
+    # bounds, where it is checked and how the schema publishes it).
     max_epochs: int = Field(default=100_000, ge=1)
     max_hidden_size: int = Field(default=256, ge=1)
     max_batch_size: int = Field(default=10_000, ge=1)
     max_n_sequences: int = Field(default=10_000, ge=1)
     max_seq_len: int = Field(default=1_000_000, ge=1)
     max_data_steps: int = Field(default=10_000_000, ge=1)  # n_sequences × seq_len per split
-    # min(batch_size, n_sequences) × seq_len × hidden_size: backpropagation through time keeps
-    # a few floats per unit and step (an LSTM ~6), so this bounds a worker's training memory.
+    # A run's activation memory (limits.train_activations): a worker's training memory.
     max_train_activations: int = Field(default=20_000_000, ge=1)
     max_predict_steps: int = Field(default=1_000_000, ge=1)  # all sequences of one request
     max_predict_sequences: int = Field(default=10_000, ge=1)
@@ -92,20 +92,9 @@ class Settings(BaseSettings):
         # A run that leaves every field at its default must be accepted: the schema publishes
         # these limits beside the defaults, and a default beyond its own maximum is a lie.
         from models.training import TrainConfig
+        from service.limits import config_sizes
 
-        d = TrainConfig()
-        needs = {
-            "max_epochs": d.epochs,
-            "max_hidden_size": d.hidden_size,
-            "max_batch_size": d.batch_size,
-            "max_n_sequences": d.n_sequences,
-            "max_seq_len": d.seq_len,
-            "max_data_steps": d.n_sequences * d.seq_len,
-            "max_train_activations": min(d.batch_size, d.n_sequences)
-            * d.seq_len
-            * d.hidden_size
-            * d.population,
-        }
+        needs = config_sizes(TrainConfig())
         low = [
             f"RNNLAB_{k.upper()}={getattr(self, k)} (needs {v})"
             for k, v in needs.items()

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from service import runs
+from service import limits, runs
 from service.problems import ProblemError, conflict, invalid, not_found
 from service.schemas import (
     RunCreate,
@@ -76,17 +76,7 @@ def expand(spec: SweepCreate, settings: Settings) -> list[tuple[dict[str, Any], 
     if errors:
         raise invalid(errors)
     n = math.prod(len(v) for v in grid.values())
-    if n > settings.max_sweep_runs:
-        raise invalid(
-            [
-                {
-                    "loc": ["body", "grid"],
-                    "msg": f"{n} combinations; at most {settings.max_sweep_runs} runs per sweep "
-                    "on this server (RNNLAB_MAX_SWEEP_RUNS)",
-                    "type": "combined_limit_exceeded",
-                }
-            ]
-        )
+    limits.check_sweep_size(n, settings)
     out = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
@@ -95,7 +85,7 @@ def expand(spec: SweepCreate, settings: Settings) -> list[tuple[dict[str, Any], 
             _set(body, key, value)
         try:
             run_spec = RunCreate.model_validate(body)
-            runs.check_limits(run_spec, settings)
+            limits.check_run(run_spec, settings)
         except ValidationError as e:  # cannot happen for single fields: the models agree
             raise invalid(
                 [
@@ -135,14 +125,7 @@ def create_sweep(*, session: Session, spec: SweepCreate, settings: Settings) -> 
     session.add(sweep)
     session.flush()
     runs.lock_queue(session)
-    queued = runs.queued_count(session)
-    if queued + len(combos) > settings.max_queued:
-        raise ProblemError(
-            429,
-            f"{queued} runs are queued; {len(combos)} more would pass this server's limit of "
-            f"{settings.max_queued}. Try again later, or sweep fewer combinations",
-            headers={"Retry-After": str(settings.queue_retry_after_s)},
-        )
+    limits.check_queue_room(runs.queued_count(session), len(combos), settings)
     for _values, run_spec in combos:
         runs.create_run(
             session=session, spec=run_spec, settings=settings, sweep_id=sweep.id, check_queue=False

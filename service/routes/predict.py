@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from models import scalar_rnn
-from service import metrics
+from service import limits, metrics
 from service.deps import CacheDep, DbDep, SettingsDep
 from service.inference import run_predict
 from service.problems import invalid, parse_body
@@ -66,16 +66,7 @@ def predict(
 @router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
 def create_scalar_rnn(body: ScalarRNNRequest, settings: SettingsDep) -> ScalarRNNResponse:
     """The notebook's scalar RNN (one sigmoid hidden unit), step by step."""
-    if len(body.x) > settings.max_predict_steps:
-        raise invalid(
-            [
-                {
-                    "loc": ["body", "x"],
-                    "msg": f"at most {settings.max_predict_steps} steps on this server",
-                    "type": "limit_exceeded",
-                }
-            ]
-        )
+    limits.check_scalar_steps(len(body.x), settings)
     h, y = scalar_rnn(body.x, body.w_i, body.w_h, body.w_o, body.h_bias, body.y_bias)
     for name, series in (("h", h), ("y", y)):
         bad = [t for t, v in enumerate(series) if not math.isfinite(v)]
