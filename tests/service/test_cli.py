@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.conftest import make_settings, run_body
+from tests.support.app import make_settings, run_body
 
 
 def test_standalone_worker_drains_the_queue(tmp_path: Path) -> None:

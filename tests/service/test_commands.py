@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,16 +12,14 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
-from service.workers import Worker
-from tests.service.conftest import run_body
-from tests.service.test_recovery import serve
+from tests.support.app import run_body, train_now
+from tests.support.processes import CLI, clean_env, serve
 
-CLI = [sys.executable, "-m", "service.cli"]
 SMALL = ["--epochs", "4", "--seq-len", "60", "--n-sequences", "3", "--seed", "5"]
 
 
 def rnnlab(*args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 300):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env = clean_env()
     return subprocess.run(
         [*CLI, *args],
         input=stdin,
@@ -63,7 +59,7 @@ def test_train_matches_the_service(client: TestClient, tmp_path: Path) -> None:
     """Same options, same defaults: the CLI's run equals the API's run of the same body."""
     body = run_body(epochs=4, seed=5, data={"n_sequences": 3, "seq_len": 60})
     run_id = client.post("/runs", json=body).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     run = client.get(f"/runs/{run_id}").json()
     done = rnnlab("train", "--model", "lstm", *SMALL, "--population", "2", "--json")
     assert done.returncode == 0, done.stderr
@@ -87,7 +83,7 @@ def test_train_refuses_what_post_runs_refuses(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_at_an_epoch_and_still_writes(tmp_path: Path) -> None:
     ckpt, plot = tmp_path / "w.safetensors", tmp_path / "losses.png"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env = clean_env()
     # Imports and the kernels' first load take ~6 s here, more on a loaded machine; a Ctrl+C
     # before the first epoch ends rightly writes nothing (exit 130, said on stderr), and one
     # during the imports ends Python with SIGINT, so then wait longer and try again.
@@ -112,7 +108,7 @@ def test_ctrl_c_stops_at_an_epoch_and_still_writes(tmp_path: Path) -> None:
 
 def test_predict_equals_the_api(client: TestClient, tmp_path: Path) -> None:
     run_id = client.post("/runs", json=run_body(epochs=3)).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     ckpt = tmp_path / "w.safetensors"
     ckpt.write_bytes(client.get(f"/runs/{run_id}/checkpoint").content)
     sequences = [[[0.5, 1], [0.3, 0], [-0.2, 1], [0.9, -1], [0.4, 1]], [[0.1, 1]]]
@@ -133,9 +129,9 @@ def test_predict_equals_the_api(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_watch_follows_a_run_on_a_server(tmp_path: Path) -> None:
-    with serve(tmp_path, tmp_path / "server.log") as server:
+    with serve(tmp_path) as server:
         run_id = server.submit(epochs=200)
-        url = str(server.http.base_url)
+        url = server.url
         done = rnnlab("runs", "watch", run_id, "--server", url, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"run {run_id}: succeeded after 200 epochs" in done.stdout

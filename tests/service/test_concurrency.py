@@ -12,8 +12,7 @@ from service import db as database
 from service import lifecycle, runs
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
-from tests.service.conftest import make_settings
-from tests.service.servers import postgres  # noqa: F401 (fixture)
+from tests.support.app import make_settings
 
 N_PROCS = 4
 N_RUNS = 24

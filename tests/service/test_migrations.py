@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from service import db as database
 from service.tables import Base
-from tests.service.conftest import make_settings
+from tests.support.app import make_settings
 
 TABLES = {"runs", "epoch_losses", "checkpoints", "sweeps"}
 

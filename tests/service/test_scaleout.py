@@ -1,8 +1,8 @@
 """Scale-out against real servers: PostgreSQL for every process, Celery workers through Redis.
 
 The API runs with RNNLAB_QUEUE=celery on PostgreSQL; two `rnnlab worker` processes take the
-runs through Redis. Servers come from tests/service/servers.py (skipped where they cannot be
-had, failed under RNNLAB_REQUIRE_SERVERS=1, as in CI).
+runs through Redis. Servers come from the `redis_url` and `postgres` fixtures (skipped where they
+cannot be had, failed under RNNLAB_REQUIRE_SERVERS=1, as in CI).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,9 +24,10 @@ from sqlalchemy import inspect
 from service import db as database
 from service.settings import Settings
 from service.tables import Base
-from tests.service.servers import free_port, postgres, redis_url  # noqa: F401 (fixtures)
+from tests.support.app import make_settings, run_body
+from tests.support.processes import CLI, clean_env, kill_group
+from tests.support.servers import free_port
 
-CLI = [sys.executable, "-m", "service.cli"]
 TINY = {"model": "lstm", "epochs": 5, "population": 2, "data": {"n_sequences": 3, "seq_len": 40}}
 LONG = {
     "model": "lstm",
@@ -37,7 +37,7 @@ LONG = {
 }
 
 
-def test_migrations_up_down_up_on_postgresql(postgres: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+def test_migrations_up_down_up_on_postgresql(postgres: Callable[[], str], tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url=postgres())
     db = database.Database(settings)
     try:
@@ -95,10 +95,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
+def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update(
+    env = clean_env(
         RNNLAB_QUEUE="celery",
         RNNLAB_DATABASE_URL=postgres(),
         RNNLAB_BROKER_URL=redis_url,
@@ -128,9 +127,7 @@ def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iter
         yield c
     finally:
         for proc in [*c.workers, api]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            kill_group(proc)
         c.http.close()
 
 
@@ -207,7 +204,7 @@ def _worker_running(c: Cluster, run_id: str, pids: set[int]) -> int:
     return pid
 
 
-def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:
     """The broker is down when the run is stored: 202 all the same, and the sweeper sends it."""
     import redis
     from fastapi.testclient import TestClient
@@ -215,7 +212,6 @@ def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -
     from service import dispatch
     from service.app import create_app
     from service.tables import Run
-    from tests.service.conftest import make_settings, run_body
 
     dead = make_settings(tmp_path, queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(dead)) as client:

@@ -24,17 +24,10 @@ from service.app import create_app
 from service.settings import Settings
 from service.tables import Run
 from service.workers import Worker
-from tests.service.conftest import (
-    db_row,
-    hold_runs,
-    make_settings,
-    release,
-    run_body,
-    wait_for,
-)
+from tests.support.app import db_row, hold_runs, make_settings, release, submit, wait_for
+from tests.support.processes import START_TIMEOUT
 
 INTERRUPTIBLE_EPOCHS = 40  # held from epoch 2 on (`hold_runs`) until the test releases it
-START_TIMEOUT = 90.0  # spawned workers import torch first: seconds on a busy 2-core machine
 
 
 def get_run(client: TestClient, run_id: str) -> dict[str, Any]:
@@ -47,13 +40,6 @@ def get_losses(client: TestClient, run_id: str) -> dict[str, Any]:
     r = client.get(f"/runs/{run_id}/losses")
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def submit(client: TestClient, **overrides: Any) -> str:
-    r = client.post("/runs", json=run_body(**overrides))
-    assert r.status_code == 202, r.text
-    assert r.json()["status"] == "queued"
-    return r.json()["id"]
 
 
 def wait_status(
