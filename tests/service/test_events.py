@@ -54,7 +54,7 @@ def follow(client: TestClient, run_id: str) -> tuple[threading.Thread, list[dict
     got: list[dict[str, Any]] = []
     reader = threading.Thread(target=stream, args=(client, run_id, got), daemon=True)
     reader.start()
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 1, timeout=10)
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 1)
     return reader, got
 
 
@@ -103,9 +103,9 @@ def test_a_requeued_run_is_announced_before_its_new_epochs(client: TestClient) -
     for epoch in (1, 2, 3):
         lifecycle.record_epoch(db, claim, epoch, 1.0, 1.0)
     reader, got = follow(client, run_id)
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 4, timeout=10)  # status + 3 epochs
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 4)  # status + 3 epochs
     lifecycle.lose_worker_runs(db, "test/1/gone", max_requeues=3)  # its worker died
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 5, timeout=10)  # saw it queued
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 5)  # saw it queued
     train_now(client)
     reader.join(30)
     assert not reader.is_alive()

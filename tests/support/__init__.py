@@ -2,16 +2,17 @@
 no test module imports another.
 
 - `app`: the app in the test's process: `make_settings`, `run_body`, `submit`, `train_now`,
-  `db_row`, `problem`, `wait_for`, and the hold hook (`hold_runs`, `release`).
+  `db_row`, `problem`, `wait_for`, and the hold hook (`hold_runs`, `held_at`, `release`).
 - `processes`: `rnnlab` in processes of its own: `serve`, `CLI`, `clean_env`, process groups.
 - `browser`: Debian's Chromium and chromedriver, offline (`offline_flags`, `webdriver`, `shot`).
 - `servers`: throwaway Redis and PostgreSQL on loopback; pytest-free, benchmarks/sweep.py
   starts its servers with it too.
 - `missing`: skip a test for want of a program, or fail it where that is required.
 
-A test that must act on a running run holds it at an epoch boundary with the test-only setting
-RNNLAB_HOLD_FILE (Settings.hold_file, `hold_runs`), waits for it there, then cancels, kills,
-stops or releases it.
+No test relies on a run taking a minimum time: a test that must act on a running run holds it
+at an epoch boundary with the test-only setting RNNLAB_HOLD_FILE (Settings.hold_file,
+`hold_runs`), waits for it there (its epochs through the API, or `held_at`), then cancels,
+kills, stops or releases it.
 
 Settings the tests read: RNNLAB_REQUIRE_SERVERS=1 fails the tests whose Redis or PostgreSQL is
 missing instead of skipping them (.ci/run sets it); RNNLAB_SCREENSHOT_DIR keeps the browser

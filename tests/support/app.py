@@ -17,21 +17,34 @@ from service.workers import Worker
 
 PROBLEM = "application/problem+json"
 HOLD_FILE = "hold"  # RNNLAB_HOLD_FILE's name in a test's data directory
+HELD_FILE = HOLD_FILE + ".held"  # written by a worker while it holds a run (execution.hold)
 
 
 def hold_runs(data_dir: Path, after: int = 2) -> Path:
     """Workers of `data_dir` (`make_settings`, `serve`, or RNNLAB_HOLD_FILE pointing here) hold
     their runs at every epoch boundary once `after` epochs are reported, until the returned
     file is removed (`release`), the worker stops or the run is cancelled: a test interrupts a
-    run mid-training there however fast the kernels are (Settings.hold_file)."""
+    run mid-training there however fast the kernels are (Settings.hold_file). `held_at` says
+    when one is held."""
+    (data_dir / HELD_FILE).unlink(missing_ok=True)
     path = data_dir / HOLD_FILE
     path.write_text(str(after))
     return path
 
 
+def held_at(data_dir: Path) -> int | None:
+    """The epoch at which a run of `data_dir` is held (`hold_runs`); None before one is."""
+    try:
+        text = (data_dir / HELD_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None  # None too while it is being written
+
+
 def release(data_dir: Path) -> None:
     """Let held runs go on (`hold_runs`)."""
     (data_dir / HOLD_FILE).unlink(missing_ok=True)
+    (data_dir / HELD_FILE).unlink(missing_ok=True)
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
