@@ -14,6 +14,7 @@ from service.db import Database
 from service.settings import Settings
 from tests.support import browser as chrome
 from tests.support.app import make_settings
+from tests.support.missing import missing_browser
 
 
 @pytest.fixture
@@ -34,9 +35,9 @@ def db(client: TestClient) -> Database:
 
 @pytest.fixture
 def chromium() -> str:
-    """Debian's chromium binary (the test skips without it)."""
+    """Debian's chromium binary (skip without it, fail under RNNLAB_REQUIRE_BROWSER=1)."""
     if chrome.CHROMIUM is None:
-        pytest.skip("needs Debian's chromium (scripts/test installs it when run as root)")
+        missing_browser("Debian's chromium")
     return chrome.CHROMIUM
 
 
@@ -44,6 +45,6 @@ def chromium() -> str:
 def browser(chromium: str, tmp_path: Path) -> Iterator[Any]:
     """A selenium driver of headless, offline Chromium (needs chromium-driver too)."""
     if chrome.CHROMEDRIVER is None:
-        pytest.skip("needs Debian's chromium-driver (scripts/test installs it when run as root)")
+        missing_browser("Debian's chromium-driver")
     with chrome.webdriver(tmp_path / "chrome") as driver:
         yield driver

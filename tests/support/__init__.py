@@ -14,7 +14,8 @@ at an epoch boundary with the test-only setting RNNLAB_HOLD_FILE (Settings.hold_
 `hold_runs`), waits for it there (its epochs through the API, or `held_at`), then cancels,
 kills, stops or releases it.
 
-Settings the tests read: RNNLAB_REQUIRE_SERVERS=1 fails the tests whose Redis or PostgreSQL is
-missing instead of skipping them (.ci/run sets it); RNNLAB_SCREENSHOT_DIR keeps the browser
-tests' screenshots; RNNLAB_FUZZ_EXAMPLES sets schemathesis' examples per operation.
+Settings the tests read: RNNLAB_REQUIRE_SERVERS=1 and RNNLAB_REQUIRE_BROWSER=1 fail the tests
+whose Redis/PostgreSQL or Chromium is missing instead of skipping them (.ci/run sets both);
+RNNLAB_SCREENSHOT_DIR keeps the browser tests' screenshots; RNNLAB_FUZZ_EXAMPLES sets
+schemathesis' examples per operation.
 """

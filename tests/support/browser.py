@@ -1,7 +1,8 @@
 """Debian's headless Chromium and its driver, able to reach loopback and nothing else.
 
-The `chromium` and `browser` fixtures (tests/service/conftest.py) skip without them.
-Screenshots also go to $RNNLAB_SCREENSHOT_DIR when it is set, to look at them.
+The `chromium` and `browser` fixtures (tests/service/conftest.py) skip without them, or fail
+under RNNLAB_REQUIRE_BROWSER=1 (as in CI). Screenshots also go to $RNNLAB_SCREENSHOT_DIR when
+it is set, to look at them.
 """
 
 from __future__ import annotations

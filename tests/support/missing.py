@@ -1,7 +1,7 @@
 """What a test does when a program it needs is not installed: skip, or fail where required.
 
-RNNLAB_REQUIRE_SERVERS=1 (Redis, PostgreSQL) turns the skip into a failure; .ci/run sets it,
-so CI never passes by skipping them.
+RNNLAB_REQUIRE_SERVERS=1 (Redis, PostgreSQL) and RNNLAB_REQUIRE_BROWSER=1 (Chromium and its
+driver) turn the skip into a failure; .ci/run sets both, so CI never passes by skipping.
 """
 
 from __future__ import annotations
@@ -22,3 +22,7 @@ def missing(what: str, *, required_by: str) -> NoReturn:
 
 def missing_server(what: str) -> NoReturn:
     missing(what, required_by="RNNLAB_REQUIRE_SERVERS")
+
+
+def missing_browser(what: str) -> NoReturn:
+    missing(what, required_by="RNNLAB_REQUIRE_BROWSER")
