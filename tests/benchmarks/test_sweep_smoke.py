@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.missing import missing_server
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.servers]
 
 ROOT = Path(__file__).resolve().parents[2]
 

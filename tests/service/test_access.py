@@ -168,6 +168,7 @@ def test_an_open_server_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) 
     assert [r.message for r in caplog.records if "without API keys" in r.message]
 
 
+@pytest.mark.subprocess
 def test_runs_watch_sends_the_key(tmp_path: Path) -> None:
     with serve(tmp_path / "data", RNNLAB_API_KEYS="watch-key") as server:
         url = server.url

@@ -8,11 +8,14 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
 from tests.support.app import held_at, hold_runs, run_body, train_now, wait_for
 from tests.support.processes import CLI, START_TIMEOUT, clean_env, serve
+
+pytestmark = pytest.mark.subprocess
 
 SMALL = ["--epochs", "4", "--seq-len", "60", "--n-sequences", "3", "--seed", "5"]
 

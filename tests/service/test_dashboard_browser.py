@@ -15,6 +15,8 @@ import pytest
 from tests.support.browser import shot
 from tests.support.processes import serve
 
+pytestmark = [pytest.mark.browser, pytest.mark.subprocess]
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.browser import offline_flags
 from tests.support.processes import serve
+
+pytestmark = [pytest.mark.browser, pytest.mark.subprocess]
 
 
 def test_swagger_ui_renders_offline(tmp_path: Path, chromium: str) -> None:

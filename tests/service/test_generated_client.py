@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import serve
+
+pytestmark = pytest.mark.subprocess
 
 KEY = "client-key"
 

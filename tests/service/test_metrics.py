@@ -35,6 +35,7 @@ def worker_client(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.mark.subprocess
 def test_metrics_count_a_run_trained_in_a_worker_process(worker_client: TestClient) -> None:
     client = worker_client
     before = scrape(client)

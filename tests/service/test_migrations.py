@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -60,6 +61,7 @@ def test_sqlite_is_set_up_for_several_processes(tmp_path: Path) -> None:
         db.dispose()
 
 
+@pytest.mark.subprocess
 def test_cli_migrate(tmp_path: Path) -> None:
     env = {"RNNLAB_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(

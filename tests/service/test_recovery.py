@@ -21,6 +21,8 @@ from service.workers import HOST
 from tests.support.app import db_row, hold_runs, make_settings, release, run_body, wait_for
 from tests.support.processes import START_TIMEOUT, live_group_members, serve, wait_group_gone
 
+pytestmark = pytest.mark.subprocess
+
 # Runs that a test interrupts are held at their epoch boundaries from epoch 2 on
 # (`hold_runs`) until the test releases them: interrupted mid-training whatever the
 # kernels' speed, then finished in a moment.

@@ -28,6 +28,8 @@ from tests.support.app import HOLD_FILE, hold_runs, make_settings, release, run_
 from tests.support.processes import CLI, clean_env, kill_group
 from tests.support.servers import free_port
 
+pytestmark = pytest.mark.servers
+
 TINY = {"model": "lstm", "epochs": 5, "population": 2, "data": {"n_sequences": 3, "seq_len": 40}}
 # What a worker logs for a delivery of a run that is no longer queued (Celery's task result).
 NOTHING_TO_DO = "nothing to do"
@@ -142,6 +144,7 @@ def epochs_of(c: Cluster, run_id: str) -> list[int]:
     return c.http.get(f"/runs/{run_id}/losses").json()["epochs"]
 
 
+@pytest.mark.subprocess
 def test_celery_workers_train_recover_and_run_each_run_once(cluster: Cluster) -> None:
     from service.dispatch import TASK, celery_app
 

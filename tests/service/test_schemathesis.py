@@ -18,8 +18,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import CLI, clean_env, serve
+
+pytestmark = pytest.mark.subprocess
 
 KEY = "fuzz-key"
 SEED = 20261129

@@ -91,6 +91,7 @@ def pool_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
         yield c
 
 
+@pytest.mark.subprocess
 def test_run_trains_end_to_end_in_a_worker_process(pool_client: TestClient) -> None:
     client = pool_client
     epochs = 5
@@ -139,6 +140,7 @@ def test_run_trains_end_to_end_in_a_worker_process(pool_client: TestClient) -> N
         assert got == pytest.approx(want[:, 0].tolist(), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.subprocess
 def test_two_workers_train_runs_at_the_same_time(pool_client: TestClient) -> None:
     client = pool_client
     epochs = 300
@@ -216,6 +218,7 @@ def test_cancel_queued_run(client: TestClient, settings: Settings) -> None:
     assert get_run(client, run_id)["attempt"] == 0
 
 
+@pytest.mark.subprocess
 def test_cancel_running_run(pool_client: TestClient) -> None:
     client = pool_client
     hold_runs(data_dir(client))  # the cancel finds it running
@@ -315,6 +318,7 @@ def test_diverging_runs(client: TestClient, settings: Settings) -> None:
     assert run["metrics"]["train_loss"] is None
 
 
+@pytest.mark.subprocess
 def test_graceful_shutdown_requeues_and_a_new_app_finishes(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, workers=1)
     hold_runs(tmp_path)

@@ -18,4 +18,8 @@ Settings the tests read: RNNLAB_REQUIRE_SERVERS=1 and RNNLAB_REQUIRE_BROWSER=1 f
 whose Redis/PostgreSQL or Chromium is missing instead of skipping them (.ci/run sets both);
 RNNLAB_SCREENSHOT_DIR keeps the browser tests' screenshots; RNNLAB_FUZZ_EXAMPLES sets
 schemathesis' examples per operation.
+
+Markers (pyproject.toml): `slow`, `subprocess`, `servers`, `browser`. Every test runs by
+default; `scripts/test --fast` leaves the marked ones out: the unit tests and the in-process
+API tests (TestClient, in-process workers).
 """
