@@ -4,7 +4,7 @@ Run from the repository root:  python -m benchmarks.sweep [--runs 16] [--workers
 
 For each queue (local: `rnnlab serve` with RNNLAB_WORKERS=N on SQLite; celery: `rnnlab
 serve` with RNNLAB_QUEUE=celery on PostgreSQL plus N `rnnlab worker` processes, Redis between
-them; both servers started here, benchmarks/servers.py) and each worker count N:
+them; both servers started here, tests/support/servers.py) and each worker count N:
 
 1. a fresh database, the server, and its workers;
 2. warm-up: N runs, so that every worker has loaded torch and the compiled kernels;
@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.servers import Unavailable, free_port, postgres_server, redis_server
+from tests.support.servers import Unavailable, free_port, postgres_server, redis_server
 
 CLI = [sys.executable, "-m", "service.cli"]
 

@@ -125,7 +125,7 @@ def train(args: argparse.Namespace) -> int:
 
     import models
     from service import limits, plots, runs
-    from service.execution import checkpoint_bytes
+    from service.execution import checkpoint_bytes, hold
     from service.settings import get_settings
 
     console = Console(stderr=True, soft_wrap=True)
@@ -147,6 +147,14 @@ def train(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         stop["asked"] = True
         console.print("[yellow]stopping at the end of this epoch (Ctrl+C again to abort)[/yellow]")
+
+    hold_file = get_settings().hold_file
+    reported = [0]
+
+    def should_stop() -> bool:
+        if hold_file is not None:  # tests only (RNNLAB_HOLD_FILE)
+            hold(hold_file, reported[0], lambda: stop["asked"], lambda: False)
+        return stop["asked"]
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     # The kernels' sequence groups on every core, as a worker does; torch's own thread pool
@@ -170,6 +178,7 @@ def train(args: argparse.Namespace) -> int:
             )
 
             def on_report(r: models.EpochReport) -> None:
+                reported[0] = r.epoch
                 progress.update(
                     task,
                     completed=r.epoch,
@@ -177,9 +186,7 @@ def train(args: argparse.Namespace) -> int:
                     valid=f"{r.valid_loss:.3g}",
                 )
 
-            history = models.train(
-                pop, splits, cfg, on_report=on_report, should_stop=lambda: stop["asked"]
-            )
+            history = models.train(pop, splits, cfg, on_report=on_report, should_stop=should_stop)
     except FloatingPointError as e:
         console.print(f"[red]failed:[/red] {e}")
         return EXIT_FAILED

@@ -163,7 +163,9 @@ def hold(
 ) -> bool:
     """Tests only (RNNLAB_HOLD_FILE): wait while `path` exists and the run has reported at
     least the epochs it names (empty: 2), until the worker is told to stop or the run is
-    cancelled; True when it was cancelled meanwhile (the run stops there)."""
+    cancelled; True when it was cancelled meanwhile (the run stops there). While it waits,
+    `<path>.held` names the epoch it holds at: an event a test can wait for."""
+    announced = False
     while not should_stop():
         try:
             text = path.read_text().strip()
@@ -175,6 +177,9 @@ def hold(
             return False
         if cancelled():
             return True
+        if not announced:
+            path.with_name(path.name + ".held").write_text(str(reported))
+            announced = True
         time.sleep(0.05)
     return False
 

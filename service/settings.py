@@ -32,10 +32,11 @@ class Settings(BaseSettings):
     # the run's shape on this machine; "fused" (rnnlab's compiled kernels, CPU only) or
     # "torch" (torch's own recurrent layers) forces one.
     train_path: Literal["auto", "fused", "torch"] = "auto"
-    # Tests only: while this file exists, a worker holds its run at each epoch boundary once
-    # the run has reported as many epochs as the file says (empty: 2), heartbeats going on,
-    # until the file is removed or the worker is told to stop. Tests interrupt runs there
-    # whatever the kernels' speed.
+    # Tests only: while this file exists, a worker (or `rnnlab train`) holds its run at each
+    # epoch boundary once the run has reported as many epochs as the file says (empty: 2),
+    # heartbeats going on, until the file is removed, the run is cancelled or the worker is
+    # told to stop; meanwhile "<file>.held" names the epoch (execution.hold). Tests interrupt
+    # runs there whatever the kernels' speed (tests/support/app.py: hold_runs).
     hold_file: Path | None = None
 
     # Run lifecycle.

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.service.servers import missing
+import pytest
+
+from tests.support.missing import missing_server
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.servers]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +21,7 @@ def test_sweep_benchmark_runs_on_a_small_setting() -> None:
     cmd += ["--epochs", "2", "--seq-len", "40"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
     if "celery rows skipped" in out.stdout:
-        missing("redis-server and postgresql for the benchmark's celery rows")
+        missing_server("redis-server and postgresql for the benchmark's celery rows")
     rows = re.findall(
         r"^(local|celery)\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", out.stdout, re.M
     )

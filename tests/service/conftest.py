@@ -1,11 +1,8 @@
-"""Service fixtures: a real app on a real SQLite file in a temporary directory."""
+"""Service fixtures: a real app on a real SQLite file in a temporary directory; a browser."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,65 +12,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.db import Database
 from service.settings import Settings
-
-HOLD_FILE = "hold"  # RNNLAB_HOLD_FILE's name in a test's data directory
-
-
-def hold_runs(data_dir: Path, after: int = 2) -> Path:
-    """Workers of `data_dir` (`make_settings`, or RNNLAB_HOLD_FILE pointing here) hold their
-    runs at every epoch boundary once `after` epochs are reported, until the returned file
-    is removed (`release`), the worker stops or the run is cancelled: a test interrupts a
-    run mid-training there however fast the kernels are (Settings.hold_file)."""
-    path = data_dir / HOLD_FILE
-    path.write_text(str(after))
-    return path
-
-
-def release(data_dir: Path) -> None:
-    (data_dir / HOLD_FILE).unlink(missing_ok=True)
-
-
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: fast heartbeats and polling, no local workers unless asked; runs
-    held while `hold_runs` says so."""
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "hold_file": data_dir / HOLD_FILE,
-        "workers": 0,
-        "heartbeat_interval_s": 0.2,
-        "heartbeat_timeout_s": 3.0,
-        "reap_interval_s": 0.5,
-        "poll_interval_s": 0.05,
-        "shutdown_grace_s": 20.0,
-        "threads_per_worker": 1,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def run_body(**overrides: Any) -> dict[str, Any]:
-    """A POST /runs body small enough to train in a fraction of a second.
-
-    Two members: every lifecycle test (cancel, re-queue, kill, restart) runs a population.
-    """
-    body: dict[str, Any] = {
-        "model": "lstm",
-        "epochs": 3,
-        "seed": 7,
-        "population": 2,
-        "data": {"n_sequences": 3, "seq_len": 40},
-    }
-    body.update(overrides)
-    return body
-
-
-def db_row(data_dir: Path, run_id: str) -> dict[str, Any]:
-    """The run's row as stored, read with plain sqlite3 (no app needed)."""
-    with contextlib.closing(sqlite3.connect(data_dir / "rnnlab.db", timeout=30)) as con:
-        con.row_factory = sqlite3.Row
-        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    assert row is not None, run_id
-    return dict(row)
+from tests.support import browser as chrome
+from tests.support.app import make_settings
+from tests.support.missing import missing_browser
 
 
 @pytest.fixture
@@ -92,18 +33,18 @@ def db(client: TestClient) -> Database:
     return client.app.state.db  # type: ignore[attr-defined]
 
 
-def wait_for(
-    get: Callable[[], dict[str, Any]],
-    done: Callable[[dict[str, Any]], bool],
-    timeout: float = 60.0,
-    interval: float = 0.05,
-) -> dict[str, Any]:
-    """Poll `get()` until `done(value)`; fail the test with the last value on timeout."""
-    deadline = time.monotonic() + timeout
-    value = get()
-    while not done(value):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s; last value: {value}")
-        time.sleep(interval)
-        value = get()
-    return value
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium binary (skip without it, fail under RNNLAB_REQUIRE_BROWSER=1)."""
+    if chrome.CHROMIUM is None:
+        missing_browser("Debian's chromium")
+    return chrome.CHROMIUM
+
+
+@pytest.fixture
+def browser(chromium: str, tmp_path: Path) -> Iterator[Any]:
+    """A selenium driver of headless, offline Chromium (needs chromium-driver too)."""
+    if chrome.CHROMEDRIVER is None:
+        missing_browser("Debian's chromium-driver")
+    with chrome.webdriver(tmp_path / "chrome") as driver:
+        yield driver

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.security import KeyChecker, is_loopback, is_open, warn_if_open
-from service.workers import Worker
-from tests.service.conftest import make_settings, run_body
+from tests.support.app import make_settings, run_body, train_now
+from tests.support.processes import CLI, clean_env, serve
 
 KEYS = "alpha-key-1,beta-key-2"
 
@@ -64,7 +63,7 @@ def test_each_configured_key_works_end_to_end(locked: TestClient) -> None:
         r = locked.post("/runs", json=run_body(), headers=bearer(key))
         assert r.status_code == 202, r.text
     run_id = r.json()["id"]
-    Worker(locked.app.state.settings, db=locked.app.state.db).work(burst=True)
+    train_now(locked)
     h = bearer("beta-key-2")
     assert locked.get(f"/runs/{run_id}", headers=h).json()["status"] == "succeeded"
     assert len(locked.get(f"/runs/{run_id}/losses", headers=h).json()["epochs"]) == 3
@@ -169,14 +168,13 @@ def test_an_open_server_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) 
     assert [r.message for r in caplog.records if "without API keys" in r.message]
 
 
+@pytest.mark.subprocess
 def test_runs_watch_sends_the_key(tmp_path: Path) -> None:
-    from tests.service.test_commands import CLI
-    from tests.service.test_dashboard_browser import serve
-
-    with serve(tmp_path, RNNLAB_API_KEYS="watch-key") as url:
+    with serve(tmp_path / "data", RNNLAB_API_KEYS="watch-key") as server:
+        url = server.url
         body = run_body(epochs=5)
         run_id = httpx.post(f"{url}/runs", json=body, headers=bearer("watch-key")).json()["id"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+        env = clean_env()
 
         def watch(*extra: str, **more_env: str) -> subprocess.CompletedProcess:
             return subprocess.run(

@@ -14,28 +14,11 @@ from safetensors.torch import load as load_safetensors
 
 import models
 from service.db import Database
-from service.workers import Worker
-from tests.service.conftest import make_settings, run_body
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(resp, status: int) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
-    assert body["status"] == status
-    assert body["title"] and body["detail"] and body["type"] == "about:blank"
-    return body
+from tests.support.app import make_settings, problem, run_body, train_now
 
 
 def error_locs(body: dict) -> list[list]:
     return [e["loc"] for e in body["errors"]]
-
-
-def train_now(client: TestClient) -> None:
-    """Execute every queued run in this process (a real worker, no subprocess)."""
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
 
 
 # --- POST /runs ---------------------------------------------------------------------------
@@ -117,19 +100,19 @@ def test_create_run_keeps_given_seed_and_config(client: TestClient) -> None:
     ],
 )
 def test_create_run_rejects_bad_input(client: TestClient, body: dict, loc: list) -> None:
-    body_resp = assert_problem(client.post("/runs", json=body), 422)
+    body_resp = problem(client.post("/runs", json=body), 422)
     assert any(found[: len(loc)] == loc for found in error_locs(body_resp)), body_resp
     assert client.get("/runs").json()["items"] == []  # nothing was stored
 
 
 def test_create_run_rejects_nan_token_and_bad_json(client: TestClient) -> None:
     raw = '{"model": "lstm", "learning_rate": NaN}'
-    body = assert_problem(
+    body = problem(
         client.post("/runs", content=raw, headers={"content-type": "application/json"}), 422
     )
     assert ["body", "learning_rate"] in error_locs(body)
     broken = client.post("/runs", content="{not json", headers={"content-type": "application/json"})
-    assert_problem(broken, 422)
+    problem(broken, 422)
 
 
 # --- GET /runs, /runs/{id} ----------------------------------------------------------------
@@ -138,7 +121,7 @@ def test_create_run_rejects_nan_token_and_bad_json(client: TestClient) -> None:
 def test_read_run_and_404(client: TestClient) -> None:
     run = client.post("/runs", json=run_body()).json()
     assert client.get(f"/runs/{run['id']}").json() == run
-    body = assert_problem(client.get("/runs/does-not-exist"), 404)
+    body = problem(client.get("/runs/does-not-exist"), 404)
     assert "does-not-exist" in body["detail"]
 
 
@@ -162,7 +145,7 @@ def test_list_runs_newest_first_filters_and_cursor(client: TestClient) -> None:
     [{"limit": 0}, {"limit": 101}, {"status": "done"}, {"model": "gru"}, {"cursor": "@@@"}],
 )
 def test_list_runs_rejects_bad_query(client: TestClient, params: dict) -> None:
-    body = assert_problem(client.get("/runs", params=params), 422)
+    body = problem(client.get("/runs", params=params), 422)
     assert error_locs(body)[0][0] == "query"
 
 
@@ -171,10 +154,8 @@ def test_list_runs_rejects_bad_query(client: TestClient, params: dict) -> None:
 
 def test_run_trains_and_serves_losses_checkpoint_and_predictions(client: TestClient) -> None:
     run = client.post("/runs", json=run_body(model="lstm", epochs=4)).json()
-    assert_problem(client.get(f"/runs/{run['id']}/checkpoint"), 409)
-    assert_problem(
-        client.post("/predict", json={"run_id": run["id"], "sequences": [[[0, 1]]]}), 409
-    )
+    problem(client.get(f"/runs/{run['id']}/checkpoint"), 409)
+    problem(client.post("/predict", json={"run_id": run["id"], "sequences": [[[0, 1]]]}), 409)
     assert client.get(f"/runs/{run['id']}/losses").json() == {
         "run_id": run["id"],
         "epochs": [],
@@ -259,22 +240,20 @@ def test_predict_caches_loaded_models(client: TestClient) -> None:
 )
 def test_predict_rejects_bad_sequences(client: TestClient, raw: str, loc_prefix: list) -> None:
     resp = client.post("/predict", content=raw, headers={"content-type": "application/json"})
-    body = assert_problem(resp, 422)
+    body = problem(resp, 422)
     assert any(loc[: len(loc_prefix)] == loc_prefix for loc in error_locs(body)), body
 
 
 def test_predict_unknown_run_and_step_limit(tmp_path) -> None:
     settings = make_settings(tmp_path, max_predict_steps=10)
     with TestClient(create_app_for(settings)) as client:
-        assert_problem(
-            client.post("/predict", json={"run_id": "nope", "sequences": [[[0.1, 1]]]}), 404
-        )
+        problem(client.post("/predict", json={"run_id": "nope", "sequences": [[[0.1, 1]]]}), 404)
         run = client.post("/runs", json=run_body(epochs=1)).json()
         train_now(client)
         ok = client.post("/predict", json={"run_id": run["id"], "sequences": [[[0.1, 1]] * 10]})
         assert ok.status_code == 200
         too_long = {"run_id": run["id"], "sequences": [[[0.1, 1]] * 6, [[0.2, 0]] * 5]}
-        body = assert_problem(client.post("/predict", json=too_long), 422)
+        body = problem(client.post("/predict", json=too_long), 422)
         assert "10" in body["detail"]
 
 
@@ -282,9 +261,7 @@ def test_body_size_limit(tmp_path) -> None:
     settings = make_settings(tmp_path, max_body_bytes=2048)
     with TestClient(create_app_for(settings)) as client:
         seq = [[0.123456789, 1.0]] * 200
-        body = assert_problem(
-            client.post("/predict", json={"run_id": "x", "sequences": [seq]}), 413
-        )
+        body = problem(client.post("/predict", json={"run_id": "x", "sequences": [seq]}), 413)
         assert "2048" in body["detail"]
         assert client.get("/healthz").status_code == 200
 
@@ -304,9 +281,9 @@ def test_cancel_queued_run_and_conflicts(client: TestClient) -> None:
     assert resp.status_code == 202
     cancelled = resp.json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
-    body = assert_problem(client.post(f"/runs/{run['id']}/cancel"), 409)
+    body = problem(client.post(f"/runs/{run['id']}/cancel"), 409)
     assert "cancelled" in body["detail"]
-    assert_problem(client.post("/runs/unknown/cancel"), 404)
+    problem(client.post("/runs/unknown/cancel"), 404)
     # A cancelled run is never picked up by a worker.
     train_now(client)
     assert client.get(f"/runs/{run['id']}").json()["status"] == "cancelled"
@@ -315,7 +292,7 @@ def test_cancel_queued_run_and_conflicts(client: TestClient) -> None:
 def test_cancel_after_success_is_409(client: TestClient) -> None:
     run = client.post("/runs", json=run_body(epochs=1)).json()
     train_now(client)
-    assert_problem(client.post(f"/runs/{run['id']}/cancel"), 409)
+    problem(client.post(f"/runs/{run['id']}/cancel"), 409)
 
 
 # --- scalar RNN, health, docs -------------------------------------------------------------
@@ -340,7 +317,7 @@ def test_scalar_rnn_matches_notebook(client: TestClient) -> None:
 )
 def test_scalar_rnn_rejects_bad_input(client: TestClient, raw: str) -> None:
     resp = client.post("/scalar-rnn", content=raw, headers={"content-type": "application/json"})
-    assert_problem(resp, 422)
+    problem(resp, 422)
 
 
 def test_health_and_readiness(client: TestClient) -> None:
@@ -362,8 +339,8 @@ def test_readiness_fails_when_database_behind_head(client: TestClient, db: Datab
 
 
 def test_unknown_route_is_problem_json(client: TestClient) -> None:
-    assert_problem(client.get("/nothing-here"), 404)
-    assert_problem(client.delete("/runs"), 405)
+    problem(client.get("/nothing-here"), 404)
+    problem(client.delete("/runs"), 405)
 
 
 def test_docs_served_offline_with_examples(client: TestClient) -> None:
@@ -407,7 +384,7 @@ def test_errors_never_leak_stack_traces(client: TestClient, monkeypatch) -> None
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(service.runs, "read_losses", boom)
-    body = assert_problem(client.get("/runs/x/losses"), 500)
+    body = problem(client.get("/runs/x/losses"), 500)
     assert "secret" not in json.dumps(body) and "Traceback" not in json.dumps(body)
 
 

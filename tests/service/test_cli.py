@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.conftest import make_settings, run_body
+from tests.support.app import make_settings, run_body
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_standalone_worker_drains_the_queue(tmp_path: Path) -> None:

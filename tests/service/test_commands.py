@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
-from service.workers import Worker
-from tests.service.conftest import run_body
-from tests.service.test_recovery import serve
+from tests.support.app import held_at, hold_runs, run_body, train_now, wait_for
+from tests.support.processes import CLI, START_TIMEOUT, clean_env, serve
 
-CLI = [sys.executable, "-m", "service.cli"]
+pytestmark = pytest.mark.subprocess
+
 SMALL = ["--epochs", "4", "--seq-len", "60", "--n-sequences", "3", "--seed", "5"]
 
 
 def rnnlab(*args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 300):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env = clean_env()
     return subprocess.run(
         [*CLI, *args],
         input=stdin,
@@ -63,7 +61,7 @@ def test_train_matches_the_service(client: TestClient, tmp_path: Path) -> None:
     """Same options, same defaults: the CLI's run equals the API's run of the same body."""
     body = run_body(epochs=4, seed=5, data={"n_sequences": 3, "seq_len": 60})
     run_id = client.post("/runs", json=body).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     run = client.get(f"/runs/{run_id}").json()
     done = rnnlab("train", "--model", "lstm", *SMALL, "--population", "2", "--json")
     assert done.returncode == 0, done.stderr
@@ -87,32 +85,33 @@ def test_train_refuses_what_post_runs_refuses(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_at_an_epoch_and_still_writes(tmp_path: Path) -> None:
     ckpt, plot = tmp_path / "w.safetensors", tmp_path / "losses.png"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    # Imports and the kernels' first load take ~6 s here, more on a loaded machine; a Ctrl+C
-    # before the first epoch ends rightly writes nothing (exit 130, said on stderr), and one
-    # during the imports ends Python with SIGINT, so then wait longer and try again.
-    for wait in (8, 20, 45):
-        proc = subprocess.Popen(
-            [*CLI, "train", "--model", "elman", "--epochs", "100000", "--seq-len", "50",
-             "--n-sequences", "3", "--json", "--checkpoint", str(ckpt), "--plot", str(plot)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        time.sleep(wait)
+    # Held after its third epoch (RNNLAB_HOLD_FILE) until Ctrl+C: pressed mid-training,
+    # however long the imports take and however fast the epochs are.
+    hold = hold_runs(tmp_path, after=3)
+    proc = subprocess.Popen(
+        [*CLI, "train", "--model", "elman", "--epochs", "50", "--seq-len", "50",
+         "--n-sequences", "3", "--json", "--checkpoint", str(ckpt), "--plot", str(plot)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(RNNLAB_HOLD_FILE=str(hold)),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: held_at(tmp_path), lambda epoch: epoch is not None, START_TIMEOUT)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-        early = proc.returncode == -signal.SIGINT or "stopped before the first epoch" in err
-        if not early:
-            break
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130, err
+    assert "stopping at the end of this epoch" in err
     result = json.loads(out)
-    assert result["stopped"] is True and 0 < result["epochs_completed"] < 100000
+    assert result["stopped"] is True and result["epochs_completed"] == 3
     assert load_safetensors(ckpt.read_bytes())["l1.weight"].shape == (2, 2)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_predict_equals_the_api(client: TestClient, tmp_path: Path) -> None:
     run_id = client.post("/runs", json=run_body(epochs=3)).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     ckpt = tmp_path / "w.safetensors"
     ckpt.write_bytes(client.get(f"/runs/{run_id}/checkpoint").content)
     sequences = [[[0.5, 1], [0.3, 0], [-0.2, 1], [0.9, -1], [0.4, 1]], [[0.1, 1]]]
@@ -133,15 +132,16 @@ def test_predict_equals_the_api(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_watch_follows_a_run_on_a_server(tmp_path: Path) -> None:
-    with serve(tmp_path, tmp_path / "server.log") as server:
+    with serve(tmp_path) as server:
         run_id = server.submit(epochs=200)
-        url = str(server.http.base_url)
+        url = server.url
         done = rnnlab("runs", "watch", run_id, "--server", url, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"run {run_id}: succeeded after 200 epochs" in done.stdout
         assert server.run(run_id)["status"] == "succeeded"
-        cancelled = server.submit(epochs=100_000)
-        server.http.post(f"/runs/{cancelled}/cancel")
+        hold_runs(tmp_path)  # the cancel finds it queued or held, never ended
+        cancelled = server.submit(epochs=40)
+        assert server.http.post(f"/runs/{cancelled}/cancel").status_code == 202
         done = rnnlab("runs", "watch", cancelled, "--server", url, timeout=120)
         assert done.returncode == 1 and "cancelled" in done.stdout
         done = rnnlab("runs", "watch", "nope", "--server", url, timeout=60)

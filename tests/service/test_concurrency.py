@@ -12,8 +12,9 @@ from service import db as database
 from service import lifecycle, runs
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
-from tests.service.conftest import make_settings
-from tests.service.servers import postgres  # noqa: F401 (fixture)
+from tests.support.app import make_settings
+
+pytestmark = pytest.mark.subprocess
 
 N_PROCS = 4
 N_RUNS = 24
@@ -45,7 +46,9 @@ def _hammer(data_dir: str, database_url: str, index: int, out: mp.Queue) -> None
         db.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.servers)]
+)
 def test_concurrent_claims_and_epoch_writes(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:

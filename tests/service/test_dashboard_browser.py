@@ -2,97 +2,26 @@
 
 Starts a run from the form, sees it in the table reach `succeeded`, sees its live loss curve
 and prediction plots render, sends a prediction and compares two runs. Screenshots go to the
-test's temporary directory (and to $RNNLAB_SCREENSHOT_DIR when set, to look at them).
+test's temporary directory (and to $RNNLAB_SCREENSHOT_DIR when set, to look at them: `shot`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.service.test_docs_browser import free_port, offline_flags
+from tests.support.browser import shot
+from tests.support.processes import serve
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (scripts/test installs them as root)",
-)
-
-
-@contextlib.contextmanager
-def serve(tmp_path: Path, **env_vars: str) -> Iterator[str]:
-    """`rnnlab serve` with one local worker on a fresh data dir; yields its base URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update(
-        RNNLAB_DATA_DIR=str(tmp_path / "data"), RNNLAB_WORKERS="1", RNNLAB_LOG_LEVEL="warning"
-    )
-    env.update(env_vars)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").json().get("status") == "ok":
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+pytestmark = [pytest.mark.browser, pytest.mark.subprocess]
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    with serve(tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    flags = ["--headless=new", "--disable-dev-shm-usage", "--window-size=1400,2200"]
-    for arg in flags + offline_flags(tmp_path / "chrome"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def shot(driver, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.png"
-    driver.save_screenshot(str(path))
-    keep = os.environ.get("RNNLAB_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / path.name)
-    return path
+    with serve(tmp_path / "data") as server:
+        yield server.url
 
 
 def start_run(driver, **fields: str) -> str:
@@ -233,7 +162,8 @@ def test_with_api_keys_the_docs_authorize_and_the_dashboard_asks(tmp_path: Path,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with serve(tmp_path, RNNLAB_API_KEYS=f"other-key,{KEY}") as url:
+    with serve(tmp_path / "data", RNNLAB_API_KEYS=f"other-key,{KEY}") as server:
+        url = server.url
         # Swagger UI: try GET /runs without the key (401), then Authorize and try again (200).
         browser.get(url + "/docs")
         op = WebDriverWait(browser, 60).until(

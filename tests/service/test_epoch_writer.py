@@ -17,7 +17,7 @@ from service.execution import _EpochWriter
 from service.lifecycle import Claim, EpochRow
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
-from tests.service.conftest import make_settings
+from tests.support.app import make_settings
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 
 from service import lifecycle
 from service.events import parse_last_event_id
-from service.workers import Worker
-from tests.service.conftest import run_body, wait_for
+from tests.support.app import run_body, train_now, wait_for
 
 
 def parse(lines: list[str]) -> list[dict[str, Any]]:
@@ -55,7 +54,7 @@ def follow(client: TestClient, run_id: str) -> tuple[threading.Thread, list[dict
     got: list[dict[str, Any]] = []
     reader = threading.Thread(target=stream, args=(client, run_id, got), daemon=True)
     reader.start()
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 1, timeout=10)
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 1)
     return reader, got
 
 
@@ -71,7 +70,7 @@ def summary(events: list[dict[str, Any]]) -> list[tuple]:
 def test_events_follow_a_live_run_to_its_end(client: TestClient) -> None:
     run_id = client.post("/runs", json=run_body(epochs=60)).json()["id"]
     reader, got = follow(client, run_id)  # it has seen the run queued
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     reader.join(30)
     assert not reader.is_alive(), "the stream did not end after the run's final status"
     s = summary(got)
@@ -89,7 +88,7 @@ def test_events_follow_a_live_run_to_its_end(client: TestClient) -> None:
 
 def test_reconnecting_with_last_event_id_gets_only_the_missed_epochs(client: TestClient) -> None:
     run_id = client.post("/runs", json=run_body(epochs=8)).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     s = summary(stream(client, run_id, **{"Last-Event-ID": "5"}))
     assert s == [("epoch", 6), ("epoch", 7), ("epoch", 8), ("status", "succeeded", 1)]
     assert summary(stream(client, run_id, **{"Last-Event-ID": "8"})) == [("status", "succeeded", 1)]
@@ -104,10 +103,10 @@ def test_a_requeued_run_is_announced_before_its_new_epochs(client: TestClient) -
     for epoch in (1, 2, 3):
         lifecycle.record_epoch(db, claim, epoch, 1.0, 1.0)
     reader, got = follow(client, run_id)
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 4, timeout=10)  # status + 3 epochs
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 4)  # status + 3 epochs
     lifecycle.lose_worker_runs(db, "test/1/gone", max_requeues=3)  # its worker died
-    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 5, timeout=10)  # saw it queued
-    Worker(client.app.state.settings, db=db).work(burst=True)
+    wait_for(lambda: {"n": len(got)}, lambda v: v["n"] >= 5)  # saw it queued
+    train_now(client)
     reader.join(30)
     assert not reader.is_alive()
     s = summary(got)

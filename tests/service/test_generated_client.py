@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.service.test_dashboard_browser import serve
+from tests.support.processes import serve
+
+pytestmark = pytest.mark.subprocess
 
 KEY = "client-key"
 
@@ -24,7 +27,8 @@ KEY = "client-key"
 def test_a_generated_client_trains_reads_and_predicts(tmp_path: Path) -> None:
     generator = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
     assert generator, "openapi-python-client is a dev dependency: pip install -e .[dev]"
-    with serve(tmp_path, RNNLAB_API_KEYS=KEY) as url:
+    with serve(tmp_path / "data", RNNLAB_API_KEYS=KEY) as server:
+        url = server.url
         schema = tmp_path / "openapi.json"
         schema.write_bytes(httpx.get(f"{url}/openapi.json").raise_for_status().content)
         out = tmp_path / "gen" / "rnnlab_client"

@@ -13,16 +13,7 @@ from sqlalchemy import func, select
 from service import lifecycle
 from service.app import create_app
 from service.tables import Checkpoint, EpochLoss
-from service.workers import Worker
-from tests.service.conftest import make_settings, run_body
-
-PROBLEM = "application/problem+json"
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    return r.json()
+from tests.support.app import make_settings, problem, run_body, train_now
 
 
 def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
@@ -38,7 +29,7 @@ def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
 
 def test_delete_an_ended_run_and_everything_that_reads_it(client: TestClient) -> None:
     run_id = client.post("/runs", json=run_body()).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     body = {"run_id": run_id, "sequences": [[[0.5, 1], [0.2, 1]]]}
     assert client.post("/predict", json=body).status_code == 200  # now cached
     assert client.get(f"/runs/{run_id}/plots/losses.svg").status_code == 200  # cached too
@@ -191,7 +182,7 @@ def test_cursors_are_opaque_positions_and_never_refused(client: TestClient) -> N
 
 def test_non_finite_outputs_are_a_422_not_a_null(client: TestClient) -> None:
     run_id = client.post("/runs", json=run_body(model="elman")).json()["id"]
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     # Inputs must be float32 numbers (published in the schema)...
     body = {"run_id": run_id, "sequences": [[[0.5, 1], [1e39, 0]]]}
     error = problem(client.post("/predict", json=body), 422)["errors"][0]

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from models.training import TrainConfig
 from service.app import create_app
 from service.limits import RUN_LIMITS, config_sizes
-from tests.service.conftest import make_settings, run_body
+from tests.support.app import make_settings, run_body
 
 DEFAULTS = config_sizes(TrainConfig())
 

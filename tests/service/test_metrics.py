@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from tests.service.conftest import make_settings, run_body, wait_for
+from tests.support.app import make_settings, run_body, wait_for
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,6 +35,7 @@ def worker_client(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.mark.subprocess
 def test_metrics_count_a_run_trained_in_a_worker_process(worker_client: TestClient) -> None:
     client = worker_client
     before = scrape(client)

@@ -6,13 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from service import db as database
 from service.tables import Base
-from tests.service.conftest import make_settings
+from tests.support.app import make_settings
 
 TABLES = {"runs", "epoch_losses", "checkpoints", "sweeps"}
 
@@ -60,6 +61,7 @@ def test_sqlite_is_set_up_for_several_processes(tmp_path: Path) -> None:
         db.dispose()
 
 
+@pytest.mark.subprocess
 def test_cli_migrate(tmp_path: Path) -> None:
     env = {"RNNLAB_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(

@@ -8,15 +8,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from fastapi.testclient import TestClient
 
-from service.workers import Worker
-from tests.service.conftest import run_body
+from tests.support.app import problem, run_body, train_now
 
-PROBLEM = "application/problem+json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def train_now(client: TestClient) -> None:
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
 
 
 def svg_text(data: bytes) -> str:
@@ -42,12 +36,6 @@ def runs(client: TestClient) -> dict[str, str]:
     train_now(client)
     ids["queued"] = client.post("/runs", json=run_body()).json()["id"]
     return ids
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    return r.json()
 
 
 def test_losses_plot_svg_and_png(client: TestClient, runs: dict[str, str]) -> None:

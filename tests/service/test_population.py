@@ -10,20 +10,7 @@ from safetensors.torch import load as load_safetensors
 from models import TrainConfig, build_model, make_splits, member_seed, train
 from service.app import create_app
 from service.tables import Run
-from service.workers import Worker
-from tests.service.conftest import make_settings, run_body
-
-PROBLEM = "application/problem+json"
-
-
-def train_now(client: TestClient) -> None:
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
-
-
-def submit(client: TestClient, **overrides: object) -> str:
-    r = client.post("/runs", json=run_body(**overrides))
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
+from tests.support.app import PROBLEM, make_settings, run_body, submit, train_now
 
 
 def test_population_run_members_losses_and_checkpoint(client: TestClient) -> None:

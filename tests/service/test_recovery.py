@@ -6,52 +6,28 @@ group, so os.killpg reaches their workers too), whatever the test's outcome.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
 from service.workers import HOST
-from tests.service.conftest import (
-    HOLD_FILE,
-    db_row,
-    hold_runs,
-    make_settings,
-    release,
-    run_body,
-    wait_for,
-)
+from tests.support.app import db_row, hold_runs, make_settings, release, run_body, wait_for
+from tests.support.processes import START_TIMEOUT, live_group_members, serve, wait_group_gone
+
+pytestmark = pytest.mark.subprocess
 
 # Runs that a test interrupts are held at their epoch boundaries from epoch 2 on
 # (`hold_runs`) until the test releases them: interrupted mid-training whatever the
 # kernels' speed, then finished in a moment.
 INTERRUPTIBLE_EPOCHS = 40
-START_TIMEOUT = 90.0
 ENDED = ("succeeded", "failed", "cancelled")
-SERVER_ENV = {
-    "RNNLAB_WORKERS": "1",
-    "RNNLAB_THREADS_PER_WORKER": "1",
-    "RNNLAB_HEARTBEAT_INTERVAL_S": "0.5",
-    "RNNLAB_HEARTBEAT_TIMEOUT_S": "3",
-    "RNNLAB_REAP_INTERVAL_S": "0.5",
-    "RNNLAB_POLL_INTERVAL_S": "0.05",
-    "RNNLAB_SHUTDOWN_GRACE_S": "20",
-    "RNNLAB_LOG_LEVEL": "info",
-}
 
 
 def wait_training(get: Any) -> dict[str, Any]:
@@ -65,27 +41,6 @@ def worker_pid(worker_id: str) -> int:
     host, pid, _token = worker_id.split("/")
     assert host == HOST
     return int(pid)
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of the processes in process group `pgid` that have not exited (zombies excluded:
-    an orphan's zombie lingers where PID 1 does not reap, but it runs nothing)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # exited meanwhile
-            continue
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def wait_group_gone(pgid: int, timeout: float) -> None:
-    wait_for(lambda: {"alive": live_group_members(pgid)}, lambda v: not v["alive"], timeout)
 
 
 # --- a worker process killed under the pool ----------------------------------------------
@@ -129,90 +84,9 @@ def test_killed_worker_run_is_requeued_and_succeeds(client: TestClient, settings
 # --- `rnnlab serve` as a separate process -------------------------------------------------
 
 
-def rnnlab_command() -> list[str]:
-    script = Path(sys.executable).with_name("rnnlab")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("rnnlab")
-    return [found] if found else [sys.executable, "-m", "service.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    http: httpx.Client
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def submit(self, **overrides: Any) -> str:
-        r = self.http.post("/runs", json=run_body(**overrides))
-        assert r.status_code == 202, r.text
-        return r.json()["id"]
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        r = self.http.get(f"/runs/{run_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the server's whole process group, if anything of it is left.
-
-    Only while the group is certainly ours: its leader not yet reaped, or members left (a
-    process group id in use is never handed out again as a new pid).
-    """
-    if proc.poll() is None or live_group_members(proc.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def serve(data_dir: Path, log: Path) -> Iterator[Server]:
-    """`rnnlab serve` with one worker on `data_dir`, in its own process group; killed at exit."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update(SERVER_ENV, RNNLAB_DATA_DIR=str(data_dir))
-    env.update(RNNLAB_HOLD_FILE=str(data_dir / HOLD_FILE))
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [*rnnlab_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            server = Server(proc, http, log)
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"rnnlab serve exited with {proc.returncode}:\n{server.output()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if http.get("/healthz").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"rnnlab serve did not answer in time:\n{server.output()}")
-                time.sleep(0.05)
-            yield server
-    finally:
-        _kill_group(proc)  # the server, its workers, multiprocessing's resource tracker
-        proc.wait(30)
-
-
 def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
     hold_runs(tmp_path)
-    with serve(tmp_path, tmp_path / "server1.log") as first:
+    with serve(tmp_path, log=tmp_path / "server1.log") as first:
         running = first.submit(epochs=INTERRUPTIBLE_EPOCHS, seed=1)
         queued = first.submit(epochs=50, seed=2)
         wait_training(lambda: first.run(running))
@@ -225,7 +99,7 @@ def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
     assert db_row(tmp_path, queued)["status"] == "queued"
     release(tmp_path)
 
-    with serve(tmp_path, tmp_path / "server2.log") as second:
+    with serve(tmp_path, log=tmp_path / "server2.log") as second:
         for run_id in (running, queued):
             run = wait_for(
                 lambda run_id=run_id: second.run(run_id),
@@ -244,7 +118,7 @@ def test_server_killed_with_its_workers_then_restarted(tmp_path: Path) -> None:
 
 def test_orphaned_workers_stop_on_their_own(tmp_path: Path) -> None:
     hold_runs(tmp_path)
-    with serve(tmp_path, tmp_path / "server.log") as server:
+    with serve(tmp_path, log=tmp_path / "server.log") as server:
         run_id = server.submit(epochs=INTERRUPTIBLE_EPOCHS)
         wait_training(lambda: server.run(run_id))
         pgid = server.proc.pid
@@ -267,7 +141,7 @@ def test_orphaned_workers_stop_on_their_own(tmp_path: Path) -> None:
 
 def test_sigterm_stops_the_server_gracefully(tmp_path: Path) -> None:
     hold_runs(tmp_path)
-    with serve(tmp_path, tmp_path / "server1.log") as first:
+    with serve(tmp_path, log=tmp_path / "server1.log") as first:
         run_id = first.submit(epochs=INTERRUPTIBLE_EPOCHS)
         wait_training(lambda: first.run(run_id))
         first.proc.terminate()
@@ -290,7 +164,7 @@ def test_sigterm_stops_the_server_gracefully(tmp_path: Path) -> None:
     assert 2 <= row["epochs_completed"] < INTERRUPTIBLE_EPOCHS
 
     release(tmp_path)
-    with serve(tmp_path, tmp_path / "server2.log") as second:
+    with serve(tmp_path, log=tmp_path / "server2.log") as second:
         run = wait_for(
             lambda: second.run(run_id),
             lambda v: v["status"] in ENDED,

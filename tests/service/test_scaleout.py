@@ -1,8 +1,8 @@
 """Scale-out against real servers: PostgreSQL for every process, Celery workers through Redis.
 
 The API runs with RNNLAB_QUEUE=celery on PostgreSQL; two `rnnlab worker` processes take the
-runs through Redis. Servers come from tests/service/servers.py (skipped where they cannot be
-had, failed under RNNLAB_REQUIRE_SERVERS=1, as in CI).
+runs through Redis. Servers come from the `redis_url` and `postgres` fixtures (skipped where they
+cannot be had, failed under RNNLAB_REQUIRE_SERVERS=1, as in CI).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,19 +24,20 @@ from sqlalchemy import inspect
 from service import db as database
 from service.settings import Settings
 from service.tables import Base
-from tests.service.servers import free_port, postgres, redis_url  # noqa: F401 (fixtures)
+from tests.support.app import HOLD_FILE, hold_runs, make_settings, release, run_body
+from tests.support.processes import CLI, clean_env, kill_group
+from tests.support.servers import free_port
 
-CLI = [sys.executable, "-m", "service.cli"]
+pytestmark = pytest.mark.servers
+
 TINY = {"model": "lstm", "epochs": 5, "population": 2, "data": {"n_sequences": 3, "seq_len": 40}}
-LONG = {
-    "model": "lstm",
-    "epochs": 3000,
-    "population": 1,
-    "data": {"n_sequences": 3, "seq_len": 300},
-}
+# What a worker logs for a delivery of a run that is no longer queued (Celery's task result).
+NOTHING_TO_DO = "nothing to do"
+# Runs the test interrupts: held at an epoch boundary (`hold_runs`) until it acts.
+INTERRUPTIBLE = {**TINY, "epochs": 40}
 
 
-def test_migrations_up_down_up_on_postgresql(postgres: Callable[[], str], tmp_path: Path) -> None:  # noqa: F811
+def test_migrations_up_down_up_on_postgresql(postgres: Callable[[], str], tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url=postgres())
     db = database.Database(settings)
     try:
@@ -90,19 +90,27 @@ class Cluster:
                 pytest.fail(f"run {run_id} stuck at {run}\n{self.logs()}")
             time.sleep(0.1)
 
+    def wait_logged(self, text: str, count: int, timeout: float = 180) -> None:
+        """Wait until the workers' logs hold `text` `count` times."""
+        deadline = time.monotonic() + timeout
+        while sum(p.read_text().count(text) for p in self.tmp.glob("worker*.log")) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not logged {count} times\n{self.logs()}")
+            time.sleep(0.1)
+
     def logs(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp.glob("*.log")))
 
 
 @pytest.fixture
-def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iterator[Cluster]:  # noqa: F811
+def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update(
+    env = clean_env(
         RNNLAB_QUEUE="celery",
         RNNLAB_DATABASE_URL=postgres(),
         RNNLAB_BROKER_URL=redis_url,
         RNNLAB_DATA_DIR=str(tmp_path / "data"),
+        RNNLAB_HOLD_FILE=str(tmp_path / HOLD_FILE),  # hold_runs(tmp_path)
         RNNLAB_HEARTBEAT_INTERVAL_S="0.2",
         RNNLAB_HEARTBEAT_TIMEOUT_S="3",
         RNNLAB_REAP_INTERVAL_S="0.5",
@@ -128,9 +136,7 @@ def cluster(postgres: Callable[[], str], redis_url: str, tmp_path: Path) -> Iter
         yield c
     finally:
         for proc in [*c.workers, api]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            kill_group(proc)
         c.http.close()
 
 
@@ -138,6 +144,7 @@ def epochs_of(c: Cluster, run_id: str) -> list[int]:
     return c.http.get(f"/runs/{run_id}/losses").json()["epochs"]
 
 
+@pytest.mark.subprocess
 def test_celery_workers_train_recover_and_run_each_run_once(cluster: Cluster) -> None:
     from service.dispatch import TASK, celery_app
 
@@ -158,26 +165,34 @@ def test_celery_workers_train_recover_and_run_each_run_once(cluster: Cluster) ->
     app.send_task(TASK, args=[queued])
     app.send_task(TASK, args=[queued])
     run = c.wait(queued, lambda r: r["status"] == "succeeded")
-    time.sleep(1.0)  # time for the duplicates to be taken and found stale
+    # The three stale deliveries (ids[0] once, `queued` twice besides the one that trained it)
+    # are each taken and found not queued.
+    c.wait_logged(NOTHING_TO_DO, 3)
     assert c.run(queued)["attempt"] == 1 and epochs_of(c, queued) == [1, 2, 3, 4, 5]
     assert c.run(ids[0])["attempt"] == 1
 
-    # A worker SIGKILLed mid-run: the sweeper re-queues and re-sends; it succeeds once.
-    long_id = c.post({**LONG, "seed": 1})
+    # A worker SIGKILLed mid-run (held at epoch 5): the sweeper re-queues and re-sends; it
+    # succeeds once, on the other worker.
+    hold_runs(c.tmp, after=5)
+    long_id = c.post({**INTERRUPTIBLE, "seed": 1})
     c.wait(long_id, lambda r: r["status"] == "running" and r["epochs_completed"] >= 5)
     pids = {p.pid for p in c.workers if p.poll() is None}
     victim = _worker_running(c, long_id, pids)
     os.killpg(victim, signal.SIGKILL)
+    release(c.tmp)
     run = c.wait(long_id, lambda r: r["status"] in ("succeeded", "failed"), timeout=300)
     assert run["status"] == "succeeded" and run["attempt"] == 2, run
-    assert epochs_of(c, long_id) == list(range(1, LONG["epochs"] + 1))
+    assert epochs_of(c, long_id) == list(range(1, INTERRUPTIBLE["epochs"] + 1))
     c.start_worker()  # back to two
 
-    # Cancel across processes.
-    doomed = c.post({**LONG, "seed": 2})
+    # Cancel across processes, while the run is held at epoch 2.
+    hold_runs(c.tmp)
+    doomed = c.post({**INTERRUPTIBLE, "seed": 2})
     c.wait(doomed, lambda r: r["status"] == "running" and r["epochs_completed"] >= 2)
     assert c.http.post(f"/runs/{doomed}/cancel").status_code == 202
-    assert c.wait(doomed, lambda r: r["status"] != "running")["status"] == "cancelled"
+    run = c.wait(doomed, lambda r: r["status"] != "running")
+    release(c.tmp)
+    assert run["status"] == "cancelled" and run["epochs_completed"] == 2, run
 
     # A sweep of 8 runs on the two workers.
     grid = {"model": ["elman", "lstm"], "seed": [1, 2, 3, 4]}
@@ -207,7 +222,7 @@ def _worker_running(c: Cluster, run_id: str, pids: set[int]) -> int:
     return pid
 
 
-def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:
     """The broker is down when the run is stored: 202 all the same, and the sweeper sends it."""
     import redis
     from fastapi.testclient import TestClient
@@ -215,7 +230,6 @@ def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -
     from service import dispatch
     from service.app import create_app
     from service.tables import Run
-    from tests.service.conftest import make_settings, run_body
 
     dead = make_settings(tmp_path, queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(dead)) as client:

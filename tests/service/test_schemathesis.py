@@ -18,8 +18,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.service.test_dashboard_browser import serve
+from tests.support.processes import CLI, clean_env, serve
+
+pytestmark = pytest.mark.subprocess
 
 KEY = "fuzz-key"
 SEED = 20261129
@@ -92,16 +95,14 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     st = shutil.which("schemathesis", path=str(bin_dir))
     assert st, "schemathesis is a dev dependency: pip install -e .[dev]"
-    with serve(tmp_path, RNNLAB_LOG_LEVEL="error", **LIMITS) as url:
+    with serve(tmp_path / "data", RNNLAB_LOG_LEVEL="error", **LIMITS) as server:
+        url = server.url
         auth = {"Authorization": f"Bearer {KEY}"}
         body = {"model": "lstm", "epochs": 2, "population": 1, "seed": 1}
         body["data"] = {"n_sequences": 3, "seq_len": 40}
         run = httpx.post(f"{url}/runs", json=body, headers=auth).raise_for_status().json()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-        env.update(LIMITS, RNNLAB_DATA_DIR=str(tmp_path / "data"))
-        subprocess.run(
-            [sys.executable, "-m", "service.cli", "worker", "--burst"], env=env, check=True
-        )
+        env = clean_env(**LIMITS, RNNLAB_DATA_DIR=str(tmp_path / "data"))
+        subprocess.run([*CLI, "worker", "--burst"], env=env, check=True)
         assert httpx.get(f"{url}/runs/{run['id']}", headers=auth).json()["status"] == "succeeded"
         n_ops = sum(len(item) for item in httpx.get(f"{url}/openapi.json").json()["paths"].values())
         (tmp_path / "schemathesis.toml").write_text(config(run["id"]))

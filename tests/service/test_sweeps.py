@@ -8,16 +8,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.workers import Worker
-from tests.service.conftest import make_settings
+from tests.support.app import make_settings, problem, train_now
 
 BASE = {"epochs": 3, "population": 1, "data": {"n_sequences": 3, "seq_len": 40}}
-
-
-def problem(r, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    return r.json()
 
 
 def nothing_stored(client: TestClient) -> None:
@@ -45,7 +38,7 @@ def test_a_sweep_queues_every_combination_and_sums_them_up(client: TestClient) -
         assert run["config"]["epochs"] == 3 and run["config"]["data"]["n_sequences"] == 3
     assert client.get("/runs", params={"sweep": "other"}).json()["items"] == []
 
-    Worker(client.app.state.settings, db=client.app.state.db).work(burst=True)
+    train_now(client)
     done = client.get(f"/sweeps/{sweep['id']}").json()
     assert done["status"] == "ended" and done["counts"]["succeeded"] == 8
     runs = {r["id"]: client.get(f"/runs/{r['id']}").json() for r in done["runs"]}

@@ -24,17 +24,10 @@ from service.app import create_app
 from service.settings import Settings
 from service.tables import Run
 from service.workers import Worker
-from tests.service.conftest import (
-    db_row,
-    hold_runs,
-    make_settings,
-    release,
-    run_body,
-    wait_for,
-)
+from tests.support.app import db_row, hold_runs, make_settings, release, submit, wait_for
+from tests.support.processes import START_TIMEOUT
 
 INTERRUPTIBLE_EPOCHS = 40  # held from epoch 2 on (`hold_runs`) until the test releases it
-START_TIMEOUT = 90.0  # spawned workers import torch first: seconds on a busy 2-core machine
 
 
 def get_run(client: TestClient, run_id: str) -> dict[str, Any]:
@@ -47,13 +40,6 @@ def get_losses(client: TestClient, run_id: str) -> dict[str, Any]:
     r = client.get(f"/runs/{run_id}/losses")
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def submit(client: TestClient, **overrides: Any) -> str:
-    r = client.post("/runs", json=run_body(**overrides))
-    assert r.status_code == 202, r.text
-    assert r.json()["status"] == "queued"
-    return r.json()["id"]
 
 
 def wait_status(
@@ -105,6 +91,7 @@ def pool_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
         yield c
 
 
+@pytest.mark.subprocess
 def test_run_trains_end_to_end_in_a_worker_process(pool_client: TestClient) -> None:
     client = pool_client
     epochs = 5
@@ -153,6 +140,7 @@ def test_run_trains_end_to_end_in_a_worker_process(pool_client: TestClient) -> N
         assert got == pytest.approx(want[:, 0].tolist(), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.subprocess
 def test_two_workers_train_runs_at_the_same_time(pool_client: TestClient) -> None:
     client = pool_client
     epochs = 300
@@ -230,6 +218,7 @@ def test_cancel_queued_run(client: TestClient, settings: Settings) -> None:
     assert get_run(client, run_id)["attempt"] == 0
 
 
+@pytest.mark.subprocess
 def test_cancel_running_run(pool_client: TestClient) -> None:
     client = pool_client
     hold_runs(data_dir(client))  # the cancel finds it running
@@ -329,6 +318,7 @@ def test_diverging_runs(client: TestClient, settings: Settings) -> None:
     assert run["metrics"]["train_loss"] is None
 
 
+@pytest.mark.subprocess
 def test_graceful_shutdown_requeues_and_a_new_app_finishes(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, workers=1)
     hold_runs(tmp_path)

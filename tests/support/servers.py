@@ -1,6 +1,10 @@
-"""Throwaway Redis and PostgreSQL servers on loopback (Debian's packages), for benchmarks and
-tests: a free port, a fresh data directory owned by the caller, stopped on exit. Never the
-system's instances. As root, PostgreSQL runs as the `postgres` user the package creates.
+"""Throwaway Redis and PostgreSQL servers on loopback (Debian's packages): a free port, a fresh
+data directory owned by the caller, stopped on exit. Never the system's instances. As root,
+PostgreSQL runs as the `postgres` user the package creates.
+
+Tests get them through the `redis_url` and `postgres` fixtures (tests/conftest.py);
+benchmarks/sweep.py starts them itself, so this module needs nothing but the standard library
+and psycopg (no pytest).
 """
 
 from __future__ import annotations
