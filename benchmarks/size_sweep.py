@@ -1,6 +1,6 @@
 """rnnlab against eager PyTorch at every size the schema offers: ms per epoch, the path chosen.
 
-Run from the repository root:  python -m benchmarks.size_sweep [--hidden 2,8,16] [--quick]
+Run from the repository root:  python -m benchmarks.size_sweep [--hidden 2,8,16] [--only-batch3]
 
 The grid: hidden size {2, 8, 16, 32, 64, 128, 256} × {batch 3 on 9 × 3000 (the notebook's
 data), batch 32 on 96 × 1000} × {elman, lstm}, one network (population 1), Adam lr 0.01.

@@ -29,10 +29,10 @@ Then, with torch's default thread count:
 
 Variants alternate within each round after warm-up epochs, so load from other processes hits
 them alike; the figures are medians over rounds. The whole table is measured once per torch
-thread count in --threads: by default torch's own default (one thread per core, what the
-service's single worker uses on a 2-core machine) and 1 thread. The eager baselines depend
-on it a lot: their many tiny ops pay OpenMP fork/join costs with more threads, while the
-fused kernels are single-threaded numba loops either way.
+thread count in --threads: by default torch's own default (one thread per core) and 1
+thread. The eager baselines depend on it a lot: their many tiny ops pay OpenMP fork/join
+costs with more threads, while rnnlab's kernels run on one thread in this table either way
+(the population and service rows give them every core, as a worker does).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Training paths: the same epoch (Adam steps over fixed-order batches, then the validation MSE)
 computed two ways, so that every size trains on whichever is faster here.
 
-- "fused" (CPU): `models.kernels.lanes`, one sequence per vector lane; an epoch of forward,
-  backward and Adam steps is one compiled call per thread. Far ahead at small hidden sizes,
-  where each step is a few dozen instructions and torch's per-step dispatch dominates.
+- "fused" (CPU): `models.kernels.lanes` (one sequence per vector lane) or, for small batches
+  of larger networks, `models.kernels.rows` (one sequence's gate rows per vector); an epoch
+  of forward, backward and Adam steps is one compiled call per thread. Far ahead at small
+  hidden sizes, where each step is a few dozen instructions and torch's per-step dispatch
+  dominates.
 - "torch": torch's own fused recurrent layers per member, autograd, and the same Adam
   (`models.training.make_optimizer`). The LSTM is `torch.nn.LSTM`'s kernel (oneDNN on the
   CPU, cuDNN on CUDA); the Elman network runs as the one `nn.RNN` (tanh) it equals: an extra
@@ -321,7 +323,7 @@ _torch_threads = threading.local()
 def _one_torch_thread() -> None:
     """torch on one OpenMP thread in this thread too. A thread torch did not start keeps
     OpenMP's default team size whatever torch.set_num_threads said in another, and oneDNN's
-    recurrent kernels then ran 20-40× slower in a pool thread here."""
+    recurrent kernels then run many times slower in a pool thread."""
     if not getattr(_torch_threads, "set", False) and torch.get_num_threads() == 1:
         torch.set_num_threads(1)
         _torch_threads.set = True

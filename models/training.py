@@ -40,9 +40,9 @@ class TrainConfig:
     model: str = "lstm"
     hidden_size: int = 2  # the notebook's setting
     epochs: int = 300
-    # The default recipe (benchmarks/learning_quality.py, README): lr 0.03 and a population of
-    # 4 learn the task on 40 of 40 run seeds; 0.01 with one network (the notebook's setting
-    # here before) on 3 of 20, stuck on a plateau; 1e-3 (the notebook's own) far too slowly.
+    # The default recipe (docs/recipe.md, benchmarks/learning_quality.py): lr 0.03 and a
+    # population of 4 learn the task on every run seed tried; one network at lr 0.01 stays on
+    # a plateau on most seeds, and 1e-3 (the notebook's own) learns far too slowly.
     learning_rate: float = 0.03
     batch_size: int = 3
     seed: int = 0
@@ -358,8 +358,8 @@ def train(
             else:
                 rec.diverged = True
         if config.restore_best and improved:
-            # One copy per parameter of the members that improved (not one per member and
-            # parameter: with 8 members that was ~50 small copies an epoch).
+            # One copy per parameter of the members that improved, not one per member and
+            # parameter (~50 small copies an epoch with 8 members).
             rows = torch.tensor(improved, dtype=torch.long, device=device)
             snaps = [w.detach().index_select(0, rows) for w in run.weights]
             for r, pos in enumerate(improved):

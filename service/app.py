@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import __version__, dispatch, lifecycle, limits, metrics, openapi, problems, security
 from service import db as database
-from service import dispatch, lifecycle, limits, metrics, openapi, problems, security
 from service.inference import ModelCache
 from service.routes import compare, health, plots, predict, runs, sweeps
 from service.settings import Settings, get_settings
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
 
     app = FastAPI(
         title="rnnlab",
-        version="0.1.0",
+        version=__version__,
         summary="Train small recurrent networks on the dynamic adding problem; predict per step.",
         docs_url=None,
         redoc_url=None,

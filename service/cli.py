@@ -1,4 +1,5 @@
-"""The `rnnlab` command: serve (API + local workers), worker, migrate."""
+"""The `rnnlab` command: serve (API + local workers), worker, migrate; train, predict and
+runs watch."""
 
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ class _EpochWriter(threading.Thread):
             self.pending.append((time.monotonic(), row))
             # Only the first epoch of a batch wakes the writer (it may be waiting for work).
             # While it writes or coalesces it needs no wake-up, and waking it every epoch
-            # cost the trainer a thread switch per epoch (measured: Elman with one network
-            # spent 10.5-11 % more per epoch in a worker than in-process, 4.4-8.5 % without).
+            # would cost the trainer a thread switch per epoch, a share of a small network's
+            # sub-millisecond epoch (`python -m benchmarks.train_speed --skip eager,population`
+            # compares epochs through the service with epochs in-process).
             if len(self.pending) == 1:
                 self.cond.notify_all()
 

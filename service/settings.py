@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Redis redelivers an unacknowledged task after this long: longer than any run may take.
     celery_visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
-    # Torch/numba threads per worker; 0 spreads the cores evenly over the workers.
+    # Threads of rnnlab's own work in each worker (the fused kernels' member groups, the torch
+    # path's row split, validation beside training; torch's own team stays at one thread);
+    # 0 spreads the cores evenly over the workers.
     threads_per_worker: int = Field(default=0, ge=0)
     # How runs train (models.paths): "auto" takes the path models.chooser predicts faster for
     # the run's shape on this machine; "fused" (rnnlab's compiled kernels, CPU only) or

@@ -57,10 +57,10 @@ def local_worker_is_dead(worker_id: str) -> bool:
 def configure_threads(settings: Settings) -> None:
     """Give each worker its share of the cores so that workers don't oversubscribe them.
 
-    The share goes to the kernels' member groups (a population's members run in that many
-    threads; see models/kernels/glue.py). Torch itself gets one thread: its ops on these
-    tiny tensors gain nothing from more, and its OpenMP threads would spin on the cores the
-    kernels use (measured: K = 4 epochs 34 ms with 1 torch thread, 49 ms with 2).
+    The share goes to the threads rnnlab runs itself (the fused kernels' member groups, the
+    torch path's row split, a validation beside the training; see models/paths.py). Torch
+    itself gets one thread: its ops on these tiny tensors gain nothing from more, and its
+    OpenMP threads would spin on the cores the kernels use, slowing their epochs down.
     """
     import torch
 

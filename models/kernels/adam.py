@@ -2,7 +2,7 @@
 
 torch.optim.Adam (fused or not) spends ~0.1–0.3 ms a step in Python and dispatch (parameter
 grouping, device checks, step-count tensors) for arithmetic that takes a microsecond: with
-three batches an epoch, that was a tenth of a training epoch of the 2-unit LSTM. This is the
+a few batches an epoch, a noticeable share of a small network's epoch. This is the
 same algorithm (torch.optim.Adam with its defaults: no weight decay, no amsgrad, not
 maximize), elementwise, so a population's members are updated exactly as K separate
 optimizers would update them; it computes each update in float64 and rounds it once into the

@@ -136,11 +136,9 @@ def _expand_units(v, n_seq, out):
 # gather each lane's x and h values; beyond, they run per gate block over the P units and read
 # x and h expanded per unit (`_rows`, `_expand_units`: block copies, but 4 × (I + H) short
 # loops a step instead of I + H), and the backward's cell loop is split into short loops.
-# Measured here (training forward, backward and the validation pass of 2-10 sequences, H = 2,
-# median of interleaved ratios; before the lanes were unit-major, when the expansion was a
-# gather too): at 6 units the gathers cost less (the per-unit path ~11 % slower), from 8 units
-# on the per-unit path wins (8-12 units: 7-14 %; 16-20: 27-37 %). Both do the same operations
-# in the same order per lane: the same bits.
+# The short loops pay for themselves from 8 units on; up to 6 the gathers cost less (timed on
+# the passes of 2-10 sequences at H = 2). Both do the same operations in the same order per
+# lane: the same bits.
 _WIDE_UNITS = 6
 
 
