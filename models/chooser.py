@@ -249,19 +249,20 @@ def calibrate() -> Calibration:
         for kind in ("lstm", "elman"):
             for name, points in regimes:
                 path = name.split("-")[0]
-                t_points, v_points = [], []
+                t_points: list[tuple[float, float, float]] = []
+                v_points: list[tuple[float, float, float]] = []
                 for hidden, n_seq in points:
                     short = _measure(kind, path, hidden, n_seq, t1)
                     long = _measure(kind, path, hidden, n_seq, t2)
                     # The work of one pass as `epoch_seconds` counts it (torch: one part).
                     per_part = n_seq if path == "fused" else math.ceil(n_seq / parts)
                     work = _work(path, kind, hidden, per_part)
-                    for points, s, ell in (
+                    for fitted, s, ell in (
                         (t_points, short[0], long[0]),
                         (v_points, short[1], long[1]),
                     ):
                         step = (ell - s) / (t2 - t1)
-                        points.append((work, step, s - t1 * step))
+                        fitted.append((work, step, s - t1 * step))
                 train[f"{kind}/{name}"] = _fit(t_points)
                 valid[f"{kind}/{name}"] = _fit(v_points)
     return Calibration(train, valid)

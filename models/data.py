@@ -24,7 +24,7 @@ def check_marker_probs(marker_probs: Sequence[float]) -> tuple[float, float, flo
         raise ValueError(f"marker_probs must not be negative, got {probs}")
     if abs(sum(probs) - 1.0) > 1e-6:
         raise ValueError(f"marker_probs must sum to 1, got {probs} (sum {sum(probs)})")
-    return probs  # type: ignore[return-value]
+    return probs
 
 
 def check_positive_int(name: str, value: int) -> int:

@@ -132,7 +132,7 @@ class LSTMModel(nn.Module):
         path = _fast_path(x, self) if plain else None
         if path != "cpu":  # CUDA: nn.LSTM is cuDNN's fused LSTM already
             return self.forward_reference(x)
-        weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+        weights = tuple(lstm.all_weights[0])  # the layer's weight_ih, weight_hh, bias_ih, bias_hh
         if _needs_grad(x, self):
             # The input projection x W_ih^T + b_ih + b_hh runs inside the kernel.
             return self.fc(kernels.lstm_recurrence(x, *weights))
@@ -152,7 +152,7 @@ class LSTMModel(nn.Module):
         return self.fc(out)  # (B, T, n_out)
 
 
-MODELS: dict[str, type[nn.Module]] = {"elman": ElmanRNN, "lstm": LSTMModel}
+MODELS: dict[str, type[ElmanRNN | LSTMModel]] = {"elman": ElmanRNN, "lstm": LSTMModel}
 MODEL_KINDS = tuple(MODELS)
 
 
@@ -182,7 +182,7 @@ def build_model(
     n_hidden: int = 2,
     n_out: int = 1,
     seed: int | None = None,
-) -> nn.Module:
+) -> ElmanRNN | LSTMModel:
     """Build an "elman" or "lstm" network; with `seed`, its initial weights are reproducible."""
     if kind not in MODELS:
         raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}; got {kind!r}")

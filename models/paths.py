@@ -139,7 +139,7 @@ class FusedPath:
         self.used = np.ones(6, dtype=np.bool_)
         self.used[2] = self.used[3] = pop.kind == "lstm" or self.n_steps > 1
         self._data: dict[tuple[str, int], lanes.Data] = {}
-        self._workspaces: dict[tuple[str, int, int], lanes.Workspace] = {}
+        self._workspaces: dict[tuple[str, int, int], lanes.Workspace | rows.Workspace] = {}
         module: Any = lanes if layout == "lanes" else rows
         lstm = self.kind == lanes.LSTM
         self._epoch = module.lstm_epoch if lstm else module.elman_epoch
@@ -195,7 +195,7 @@ class FusedPath:
             )
         return self._workspaces[key]
 
-    def _params(self, pop: Population) -> tuple[list[torch.Tensor], lanes.Params]:
+    def _params(self, pop: Population) -> tuple[list[nn.Parameter], lanes.Params]:
         ps = [pop.param(n) for n in self.order]
         return ps, lanes.Params(*(_flat(p) for p in ps))
 
@@ -464,6 +464,7 @@ def batch_grads(
         grad_views = lanes.Params(*(_flat(g) for g in grads))
         out = np.zeros(pop.size)
         lstm = engine.kind == lanes.LSTM
+        ws: rows.Workspace | lanes.Workspace
         if layout == "rows":
             ws = rows.workspace(engine.kind, *engine.dims, x.shape[0], x.shape[1], engine.dtype_np)
             fn = rows.lstm_grads if lstm else rows.elman_grads

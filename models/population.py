@@ -53,7 +53,7 @@ class Population(nn.Module):
         first = members[0]
         if not isinstance(first, ElmanRNN | LSTMModel):
             raise ValueError(f"members must be ElmanRNN or LSTMModel, got {type(first).__name__}")
-        sizes = (type(first), first.n_input, first.n_hidden, first.n_out)
+        sizes: tuple[object, ...] = (type(first), first.n_input, first.n_hidden, first.n_out)
         for m in members:
             if (type(m), m.n_input, m.n_hidden, m.n_out) != sizes:
                 raise ValueError("members must all be networks of the same kind and sizes")
@@ -149,10 +149,10 @@ class Population(nn.Module):
         return hs
 
     def _lstm_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        weights = [self.param(f"lstm.{n}_l0") for n in ("weight_ih", "weight_hh", "bias_ih")]
-        weights.append(self.param("lstm.bias_hh_l0"))
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        w_ih, w_hh, b_ih, b_hh = (self.param(f"lstm.{n}_l0") for n in names)
         if _needs_grad(x, self):
-            return kernels.lstm_population(x, *weights)
+            return kernels.lstm_population(x, w_ih, w_hh, b_ih, b_hh)
         k, n_batch, n_steps = self.size, x.shape[0], x.shape[1]
         hs = x.new_empty(k, n_batch, n_steps, self.n_hidden)
         h = x.new_zeros(k, n_batch, self.n_hidden)
@@ -160,7 +160,9 @@ class Population(nn.Module):
         step = kernels.chunk_steps(k * n_batch, 4 * self.n_hidden)
         for s in range(0, n_steps, step):
             xc = x[:, s : s + step]
-            hs[:, :, s : s + step] = kernels.lstm_population_inference(xc, *weights, h, c)
+            hs[:, :, s : s + step] = kernels.lstm_population_inference(
+                xc, w_ih, w_hh, b_ih, b_hh, h, c
+            )
         return hs
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:

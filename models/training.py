@@ -545,8 +545,8 @@ def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
                     batch[row, : arrays[i].shape[0]] = arrays[i]
                 # Padding sits after each sequence's end, and the networks are causal,
                 # so it cannot change any real step's output.
-                y = _predict_batch(model, torch.from_numpy(batch).to(device))
-                y = y.float().cpu().numpy()
+                yt = _predict_batch(model, torch.from_numpy(batch).to(device))
+                y = yt.float().cpu().numpy()
                 for row, i in enumerate(bucket):
                     out[i] = y[row, : arrays[i].shape[0]].copy()
     finally:

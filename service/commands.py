@@ -203,7 +203,7 @@ def train(args: argparse.Namespace) -> int:
         )
     model = pop.member(position)
     metrics = models.evaluate(model, splits.test)
-    result = {
+    result: dict[str, Any] = {
         "config": runs.config_to_json(cfg),
         "epochs_completed": history.epochs_completed,
         "stopped": history.stopped,
@@ -283,8 +283,8 @@ def predict(args: argparse.Namespace) -> int:
     try:
         outputs = predict_outputs(model, req.sequences)
     except ProblemError as e:  # non-finite outputs: the 422 /predict would answer
-        for err in e.errors or [{"msg": e.detail}]:
-            console.print(f"[red]error:[/red] {err['msg']}")
+        for problem in e.errors or [{"msg": e.detail}]:
+            console.print(f"[red]error:[/red] {problem['msg']}")
         return EXIT_USAGE
     sys.stdout.write(json.dumps({"outputs": outputs}) + "\n")
     return EXIT_OK
@@ -292,6 +292,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
     """(event, data, id) from text/event-stream lines; comments skipped."""
+    data: list[str]
     event, data, ident = "message", [], None
     for line in lines:
         if not line:

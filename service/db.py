@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
 
 from service.settings import Settings
 
@@ -114,3 +115,9 @@ def downgrade(engine: Engine, revision: str) -> None:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def execute_dml(session: Session, statement: UpdateBase) -> CursorResult[Any]:
+    """session.execute(statement) for an UPDATE or DELETE, as the CursorResult it returns
+    (whose rowcount is the rows matched): Session.execute is annotated as any Result."""
+    return cast(CursorResult[Any], session.execute(statement))

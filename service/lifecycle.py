@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from service import runs
-from service.db import Database
+from service.db import Database, execute_dml
 from service.tables import Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
 log = logging.getLogger("rnnlab.lifecycle")
@@ -43,7 +43,7 @@ def _owned(claim: Claim) -> Any:
 
 
 def _update_owned(session: Session, claim: Claim, **values: Any) -> None:
-    if session.execute(update(Run).where(_owned(claim)).values(**values)).rowcount != 1:
+    if execute_dml(session, update(Run).where(_owned(claim)).values(**values)).rowcount != 1:
         raise LostClaim(f"run {claim.run_id} attempt {claim.attempt} is no longer ours")
 
 
@@ -63,7 +63,8 @@ def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim |
             if run_id is None:
                 return None
         now = utcnow()
-        taken = session.execute(
+        taken = execute_dml(
+            session,
             update(Run)
             .where(Run.id == run_id, Run.status == RunStatus.queued)
             .values(
@@ -75,7 +76,7 @@ def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim |
                 epochs_completed=0,
                 train_loss=None,
                 valid_loss=None,
-            )
+            ),
         ).rowcount
         if taken != 1:
             return None
@@ -227,7 +228,7 @@ def _lose(session: Session, rows: list[Any], *, reason: str, max_requeues: int) 
             # dispatched_at None: on the Celery queue the sweeper sends its id again.
             values = {"status": RunStatus.queued, "requeues": requeues + 1, "dispatched_at": None}
         values.update(worker_id=None, heartbeat_at=None)
-        if session.execute(update(Run).where(where).values(**values)).rowcount:
+        if execute_dml(session, update(Run).where(where).values(**values)).rowcount:
             outcome[run_id] = values["status"].value
             log.warning("run %s: %s; now %s", run_id, reason, outcome[run_id])
     return outcome

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from models.population import member_seed
 from models.training import Member, TrainConfig
 from service import limits
+from service.db import execute_dml
 from service.problems import ProblemError, conflict, invalid, not_found
 from service.schemas import Losses, MemberRead, RunConfig, RunCreate, RunMetrics, RunRead
 from service.settings import Settings
@@ -210,13 +211,15 @@ def list_runs(
 def cancel_where(session: Session, *where: Any) -> tuple[int, int]:
     """Cancel the runs matching `where`: queued ones now, running ones at their next epoch
     (the flag their worker reads). Returns (cancelled now, flagged)."""
-    queued = session.execute(
+    queued = execute_dml(
+        session,
         update(Run)
         .where(*where, Run.status == RunStatus.queued)
-        .values(status=RunStatus.cancelled, finished_at=utcnow(), cancel_requested=True)
+        .values(status=RunStatus.cancelled, finished_at=utcnow(), cancel_requested=True),
     ).rowcount
-    running = session.execute(
-        update(Run).where(*where, Run.status == RunStatus.running).values(cancel_requested=True)
+    running = execute_dml(
+        session,
+        update(Run).where(*where, Run.status == RunStatus.running).values(cancel_requested=True),
     ).rowcount
     return queued, running
 
@@ -255,8 +258,8 @@ def delete_run(*, session: Session, run_id: str) -> None:
         )
     session.execute(delete(EpochLoss).where(EpochLoss.run_id == run_id))
     session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
-    gone = session.execute(
-        delete(Run).where(Run.id == run_id, Run.status.in_([s.value for s in ENDED]))
+    gone = execute_dml(
+        session, delete(Run).where(Run.id == run_id, Run.status.in_([s.value for s in ENDED]))
     ).rowcount
     if gone != 1:  # (the status cannot change under BEGIN IMMEDIATE; kept as a guard)
         raise conflict(f"run {run_id!r} changed while being deleted; try again")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
@@ -344,8 +344,13 @@ def _optional_fields(schema: dict[str, Any]) -> None:
             del prop["default"]
 
 
-def _values(item: Any) -> Any:
-    return Annotated[list[item], Field(min_length=1)]  # type: ignore[valid-type]
+_T = TypeVar("_T")
+# A grid field's values: a non-empty list, never null. An omitted field is None (its default,
+# which pydantic does not validate): mypy sees that; pydantic sees the list alone.
+if TYPE_CHECKING:
+    _Values = Annotated[list[_T] | None, Field(min_length=1)]
+else:
+    _Values = Annotated[list[_T], Field(min_length=1)]
 
 
 class SweepData(Body):
@@ -375,28 +380,31 @@ class SweepBase(Body):
     data: SweepData = None  # type: ignore[assignment]
 
 
+def _grid_schema_extra(schema: dict[str, Any]) -> None:
+    """`_optional_fields`, and a grid must name at least one field."""
+    _optional_fields(schema)
+    schema.update(minProperties=1)
+
+
 class SweepGrid(Body):
     """Run field → the values to try. Nested data fields are `data.<name>`."""
 
-    model: _values(ModelKind) = None
-    hidden_size: _values(Positive) = None
-    epochs: _values(Positive) = None
-    learning_rate: _values(LearningRate) = None
-    batch_size: _values(Positive) = None
-    seed: _values(SeedValue) = None
-    device: _values(Device) = None
-    population: _values(PopulationValue) = None
-    clip_grad_norm: _values(ClipNorm) = None
-    lr_schedule: _values(LRSchedule) = None
-    restore_best: _values(StrictBool) = None
-    data_n_sequences: _values(Positive) = Field(default=None, alias="data.n_sequences")
-    data_seq_len: _values(Positive) = Field(default=None, alias="data.seq_len")
-    data_marker_probs: _values(MarkerProbs) = Field(default=None, alias="data.marker_probs")
+    model: _Values[ModelKind] = None
+    hidden_size: _Values[Positive] = None
+    epochs: _Values[Positive] = None
+    learning_rate: _Values[LearningRate] = None
+    batch_size: _Values[Positive] = None
+    seed: _Values[SeedValue] = None
+    device: _Values[Device] = None
+    population: _Values[PopulationValue] = None
+    clip_grad_norm: _Values[ClipNorm] = None
+    lr_schedule: _Values[LRSchedule] = None
+    restore_best: _Values[StrictBool] = None
+    data_n_sequences: _Values[Positive] = Field(default=None, alias="data.n_sequences")
+    data_seq_len: _Values[Positive] = Field(default=None, alias="data.seq_len")
+    data_marker_probs: _Values[MarkerProbs] = Field(default=None, alias="data.marker_probs")
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra=lambda schema: (_optional_fields(schema), schema.update(minProperties=1)),
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_grid_schema_extra)
 
 
 SWEEP_KEYS = tuple(f.alias or name for name, f in SweepGrid.model_fields.items())

@@ -274,7 +274,7 @@ class WorkerPool:
                         Run.status == RunStatus.running, Run.worker_id.startswith(prefix)
                     )
                 ).all()
-            for worker_id in set(ids):
+            for worker_id in {w for w in ids if w is not None}:  # (all: they match the prefix)
                 lifecycle.lose_worker_runs(
                     self.db, worker_id, max_requeues=self.settings.max_requeues
                 )

@@ -245,7 +245,7 @@ def _exp(z: Any) -> Any:
 
 
 @overload(_exp, inline="always")
-def _exp_overload(z):  # type: ignore[no-untyped-def]  # (numba compares the signatures)
+def _exp_overload(z):  # (unannotated: numba compares the signatures)
     if z == types.float32:
         return _exp32.py_func
     if isinstance(z, types.Float | types.Integer):
@@ -260,7 +260,7 @@ def _one(arr: Any) -> Any:
 
 
 @overload(_one, inline="always")
-def _one_overload(arr):  # type: ignore[no-untyped-def]
+def _one_overload(arr):
     if isinstance(arr, types.Array) and arr.dtype == types.float32:
         return _one32
     if isinstance(arr, types.Array):
@@ -268,9 +268,9 @@ def _one_overload(arr):  # type: ignore[no-untyped-def]
     return None
 
 
-def _one32(arr):  # type: ignore[no-untyped-def]
+def _one32(arr):
     return np.float32(1.0)
 
 
-def _one64(arr):  # type: ignore[no-untyped-def]
+def _one64(arr):
     return 1.0

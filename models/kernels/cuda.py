@@ -48,8 +48,8 @@ def _ieee_cudnn_rnn() -> Iterator[None]:
             if _precision_users == 0:
                 if new_api:
                     rnn.fp32_precision = _precision_saved  # type: ignore[union-attr]
-                else:
-                    torch.backends.cudnn.allow_tf32 = _precision_saved
+                else:  # (saved from allow_tf32 above: a bool)
+                    torch.backends.cudnn.allow_tf32 = _precision_saved  # type: ignore[assignment]
 
 
 def _rnn_tanh_steps(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _rnn_tanh_steps(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     zero = torch.zeros(n, dtype=a.dtype, device=a.device)
     with _ieee_cudnn_rnn(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_WEIGHT_COPY_WARNING, category=UserWarning)
-        out, _ = torch._VF.rnn_tanh(  # type: ignore[attr-defined]
+        out, _ = torch._VF.rnn_tanh(
             a[:, 1:].contiguous(),
             h0.unsqueeze(0).contiguous(),  # (1, B, H): one layer, one direction
             [eye, weight, zero, bias],  # W_ih, W_hh, b_ih, b_hh
@@ -89,7 +89,7 @@ class _RNNTanhFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         inputs = tuple(
@@ -103,9 +103,7 @@ class _RNNTanhFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, dhs: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, dhs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hs, inputs = ctx.inner
         wanted = [t for t in inputs if t.requires_grad]
         grads: tuple[torch.Tensor | None, ...] = (None,) * len(wanted)

@@ -569,7 +569,7 @@ class ElmanFunction(torch.autograd.Function):
     """hs[K,B,T,H] = Elman recurrence of (a[K,B,T,H], weight[K,H,H], bias[K,H])."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         k, b, t, n = a.shape
@@ -581,7 +581,7 @@ class ElmanFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, dhs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         hs, weight = ctx.saved_tensors

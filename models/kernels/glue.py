@@ -69,7 +69,7 @@ def run_groups(fn: Callable[[int, int], None], groups: list[tuple[int, int]]) ->
         fn(*groups[0])
         return
     with _pool_lock:
-        if _pool is None or _pool._max_workers < len(groups) - 1:  # type: ignore[attr-defined]
+        if _pool is None or _pool._max_workers < len(groups) - 1:
             _pool = ThreadPoolExecutor(max_workers=len(groups) - 1, thread_name_prefix="rnnlab-k")
         pool = _pool
     futures = [pool.submit(fn, a, b) for a, b in groups[1:]]

@@ -87,7 +87,7 @@ def _size(tag: Any) -> int:
 
 
 @overload(_size, inline="always")
-def _size_overload(tag):  # type: ignore[no-untyped-def]
+def _size_overload(tag):
     if isinstance(tag, types.BaseTuple):
         n = len(tag)
         return lambda tag: n

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
@@ -487,8 +487,8 @@ class LSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
+    def forward(
+        ctx: Any,
         x: torch.Tensor,
         weight_ih: torch.Tensor,
         weight_hh: torch.Tensor,
@@ -520,9 +520,7 @@ class LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, dhs: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, dhs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight_ih, weight_hh, hs, *per_group = ctx.saved_tensors
         groups = ctx.groups
         n_seq = hs.shape[0]
@@ -657,4 +655,5 @@ def lstm_inference(
     Zero h and c on entry give torch.nn.LSTM's default initial state.
     """
     weights = _one_member(weight_ih, weight_hh, bias_ih, bias_hh)
-    return lstm_population_inference(x, *weights, h[None], c[None])[0]
+    # (mypy maps a *list onto every parameter left, h and c too; _one_member gives the four)
+    return lstm_population_inference(x, *weights, h[None], c[None])[0]  # type: ignore[call-arg]

@@ -295,7 +295,7 @@ vmax = _elementwise("vmax", 2, _select(">"))
 
 
 def _operator(op: Any, impl: Any) -> None:
-    def ov(a, b):  # type: ignore[no-untyped-def]
+    def ov(a, b):
         if isinstance(a, Vec) and isinstance(b, Vec) and a == b:
             return lambda a, b: impl(a, b)
         if isinstance(a, Vec) and isinstance(b, types.Number):
@@ -314,7 +314,7 @@ _operator(operator.truediv, _vdiv)
 
 
 @overload(operator.neg)
-def _neg(a):  # type: ignore[no-untyped-def]
+def _neg(a):
     if isinstance(a, Vec):
         return lambda a: _vneg(a)
     return None
@@ -345,7 +345,7 @@ _MAGIC64 = 1.5 * 2.0**52
 
 
 @_njit(inline="always")
-def _vexp32(z):  # type: ignore[no-untyped-def]
+def _vexp32(z):
     """exp per lane in float32 (Cephes' expf polynomial, as `compile._exp32`): z = k ln2 + r
     with k = round(z log2 e), saturating at exp(-87.x) and exp(88.x); NaN stays NaN."""
     v = vmin(vsplat(88.0, z), vmax(vsplat(-87.0, z), z))
@@ -367,7 +367,7 @@ _LN2_LO = 1.90821492927058770002e-10
 
 
 @_njit(inline="always")
-def _vexp64(z):  # type: ignore[no-untyped-def]
+def _vexp64(z):
     """exp per lane in float64 (as `compile._exp64`: Taylor to r^13 by Estrin's scheme),
     saturating at exp(±708.x); NaN stays NaN."""
     v = vmin(vsplat(709.0, z), vmax(vsplat(-708.0, z), z))
@@ -397,7 +397,7 @@ def vexp(z: Any) -> Any:
 
 
 @overload(vexp, inline="always")
-def _vexp_overload(z):  # type: ignore[no-untyped-def]  # (numba compares the signatures)
+def _vexp_overload(z):  # (unannotated: numba compares the signatures)
     if z == Vec(types.float32):
         return _vexp32.py_func
     if z == Vec(types.float64):
@@ -406,13 +406,13 @@ def _vexp_overload(z):  # type: ignore[no-untyped-def]  # (numba compares the si
 
 
 @_njit(inline="always")
-def vsigmoid(z):  # type: ignore[no-untyped-def]
+def vsigmoid(z):
     """1 / (1 + exp(-z)) per lane."""
     return 1.0 / (vexp(-z) + 1.0)
 
 
 @_njit(inline="always")
-def vtanh(z):  # type: ignore[no-untyped-def]
+def vtanh(z):
     """tanh(z) = 1 - 2 / (exp(2z) + 1) per lane (±1 where exp saturates)."""
     return 1.0 - 2.0 / (vexp(z + z) + 1.0)
 
