@@ -6,9 +6,9 @@ from models.population import Population, build_population, member_seed, model_s
 from models.scalar import scalar_rnn
 from models.training import (
     EpochReport,
+    Evaluation,
     History,
     Member,
-    Metrics,
     TrainConfig,
     TrainResult,
     evaluate,
@@ -24,10 +24,10 @@ __all__ = [
     "MODEL_KINDS",
     "ElmanRNN",
     "EpochReport",
+    "Evaluation",
     "History",
     "LSTMModel",
     "Member",
-    "Metrics",
     "Population",
     "Split",
     "Splits",

@@ -172,7 +172,7 @@ def verdict(error_ratio: float) -> str:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Evaluation:
     """Test-set figures: the model's MSE, the all-zeros predictor's, and both on marker-1 steps."""
 
     test_mse: float
@@ -465,7 +465,7 @@ def make_path(
     return TorchPath(pop, X, T, Xv, Tv, config.batch_size, _clip_per_member, split=chosen.split)
 
 
-def evaluate(model: nn.Module, split: Split) -> Metrics:
+def evaluate(model: nn.Module, split: Split) -> Evaluation:
     """Test MSE and the zero predictor's MSE on the same split, overall and on marker-1 steps."""
     X, T = _as_tensors(split, _model_device(model))
     model.eval()
@@ -475,7 +475,7 @@ def evaluate(model: nn.Module, split: Split) -> Metrics:
     marker = X[:, :, 1] == 1.0  # (n, T)
     zero = T.double() ** 2
     has_marker = bool(marker.any())
-    return Metrics(
+    return Evaluation(
         test_mse=float(sq.mean()),
         baseline_mse=float(zero.mean()),
         marker_mse=float(sq[marker].mean()) if has_marker else None,
@@ -558,7 +558,7 @@ def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
 class TrainResult:
     model: nn.Module  # the kept member, a plain network
     history: History
-    metrics: Metrics
+    metrics: Evaluation
     device: torch.device
 
 

@@ -101,12 +101,12 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
         app.state.settings = settings
         app.state.model_cache = ModelCache(settings.model_cache_size)
         app.state.pool = None
-        app.state.sweeper = None
+        app.state.recovery = None
         # Compile the prediction kernels off the request path; a first /predict waits for it.
         threading.Thread(target=warm_up_models, name="warm-up", daemon=True).start()
         if settings.queue == "celery":
             # Runs go to Celery workers; this process re-queues lost runs and sends ids.
-            app.state.sweeper = dispatch.Sweeper(settings, db).start()
+            app.state.recovery = dispatch.RecoveryLoop(settings, db).start()
         elif start_workers and settings.workers > 0:
             app.state.pool = WorkerPool(settings, db).start()
         where = (
@@ -121,8 +121,8 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
             if app.state.pool is not None:
                 log.info("stopping workers: running runs go back to the queue")
                 app.state.pool.stop()
-            if app.state.sweeper is not None:
-                app.state.sweeper.stop()
+            if app.state.recovery is not None:
+                app.state.recovery.stop()
             db.dispose()
 
     app = FastAPI(

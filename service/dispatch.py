@@ -4,13 +4,13 @@ The database stays the truth; the broker only carries ids:
 
 - `POST /runs` (and `/sweeps`) commit the runs, then send their ids (`send_pending`), so a
   worker can never receive an id it cannot read. A run whose send failed keeps
-  `dispatched_at` NULL, and the server's sweeper sends it again: never lost.
+  `dispatched_at` NULL, and the server's recovery loop sends it again: never lost.
 - A worker's task claims exactly that run with the same conditional UPDATE as the local
   pool (status queued → running, attempt + 1). A task delivered twice finds the run no longer
   queued and does nothing, so a run never runs twice at once.
 - Long jobs: late acknowledgement, prefetch 1, reject on a lost worker, and a visibility
   timeout (RNNLAB_CELERY_VISIBILITY_TIMEOUT_S) longer than any run. A worker that dies is
-  noticed by its stale heartbeat; the sweeper re-queues its run (dispatched_at NULL again)
+  noticed by its stale heartbeat; the recovery loop re-queues its run (dispatched_at NULL again)
   and re-sends the id, wherever the worker ran.
 - One run at a time per worker process, in the solo pool: no fork after CUDA is initialised.
   Cancel stays the database flag, read at every epoch write.
@@ -94,19 +94,19 @@ def try_send_pending(db: Database, settings: Settings) -> None:
     """send_pending for a request path: a broker that is down must not fail the request."""
     try:
         send_pending(db, settings)
-    except Exception as e:  # the sweeper sends them later
-        log.warning("could not send queued runs to the broker (%s); the sweeper retries", e)
+    except Exception as e:  # the recovery loop sends them later
+        log.warning("could not send queued runs to the broker (%s); the recovery loop retries", e)
 
 
-class Sweeper:
+class RecoveryLoop:
     """In the API process on the Celery queue: re-queue runs of dead workers, send ids."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="recovery", daemon=True)
 
-    def start(self) -> Sweeper:
+    def start(self) -> RecoveryLoop:
         self._thread.start()
         return self
 
@@ -127,7 +127,7 @@ class Sweeper:
             try:
                 self.sweep()
             except Exception:
-                log.exception("sweeper: error; trying again")
+                log.exception("recovery loop: error; trying again")
             self._stop.wait(self.settings.reap_interval_s)
 
 

@@ -225,7 +225,7 @@ def _lose(session: Session, rows: list[Any], *, reason: str, max_requeues: int) 
                 f"(limit {max_requeues})",
             }
         else:
-            # dispatched_at None: on the Celery queue the sweeper sends its id again.
+            # dispatched_at None: on the Celery queue the recovery loop sends its id again.
             values = {"status": RunStatus.queued, "requeues": requeues + 1, "dispatched_at": None}
         values.update(worker_id=None, heartbeat_at=None)
         if execute_dml(session, update(Run).where(where).values(**values)).rowcount:

@@ -108,7 +108,7 @@ class Run(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     # The population's members (models.Member as dicts), rewritten with every epoch.
     members: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
-    # Celery queue: when its id was last sent to the broker (None: to be sent by the sweeper).
+    # Celery queue: when its id was last sent to the broker (None: to be sent by the recovery loop).
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id")

@@ -23,7 +23,7 @@ from models import (
     verdict,
 )
 from models.networks import reference_mode
-from models.training import Metrics, _clip_per_member, learning_rate_at
+from models.training import Evaluation, _clip_per_member, learning_rate_at
 
 KINDS = ("elman", "lstm")
 
@@ -220,10 +220,10 @@ def test_verdict_thresholds_at_their_edges() -> None:
     assert verdict(0.5) == "partly"
     assert verdict(np.nextafter(0.5, 1.0)) == "not learned"
     assert verdict(3.0) == "not learned"
-    m = Metrics(test_mse=0.01, baseline_mse=0.2, marker_mse=0.02, marker_baseline_mse=0.4)
+    m = Evaluation(test_mse=0.01, baseline_mse=0.2, marker_mse=0.02, marker_baseline_mse=0.4)
     assert m.error_ratio == pytest.approx(0.05) and m.verdict == "learned"
     assert m.marker_error_ratio == pytest.approx(0.05)
-    nothing = Metrics(test_mse=0.0, baseline_mse=0.0, marker_mse=None, marker_baseline_mse=None)
+    nothing = Evaluation(test_mse=0.0, baseline_mse=0.0, marker_mse=None, marker_baseline_mse=None)
     assert nothing.error_ratio is None and nothing.verdict is None
     assert nothing.marker_error_ratio is None
 

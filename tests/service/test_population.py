@@ -69,7 +69,7 @@ def test_population_run_members_losses_and_checkpoint(client: TestClient) -> Non
     for name, p in alone.state_dict().items():
         torch.testing.assert_close(stored[name], p, rtol=1e-5, atol=1e-6, msg=name)
 
-    # Metrics: ratios and the verdict agree with the stored MSEs.
+    # The evaluation: ratios and the verdict agree with the stored MSEs.
     m = run["metrics"]
     assert m["error_ratio"] == pytest.approx(m["test_mse"] / m["baseline_mse"], rel=1e-12)
     assert m["marker_error_ratio"] == pytest.approx(

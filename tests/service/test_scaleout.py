@@ -171,7 +171,7 @@ def test_celery_workers_train_recover_and_run_each_run_once(cluster: Cluster) ->
     assert c.run(queued)["attempt"] == 1 and epochs_of(c, queued) == [1, 2, 3, 4, 5]
     assert c.run(ids[0])["attempt"] == 1
 
-    # A worker SIGKILLed mid-run (held at epoch 5): the sweeper re-queues and re-sends; it
+    # A worker SIGKILLed mid-run (held at epoch 5): the recovery loop re-queues and re-sends; it
     # succeeds once, on the other worker.
     hold_runs(c.tmp, after=5)
     long_id = c.post({**INTERRUPTIBLE, "seed": 1})
@@ -223,7 +223,7 @@ def _worker_running(c: Cluster, run_id: str, pids: set[int]) -> int:
 
 
 def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -> None:
-    """The broker is down when the run is stored: 202 all the same, and the sweeper sends it."""
+    """The broker is down when the run is stored: 202 all the same; the recovery loop sends it."""
     import redis
     from fastapi.testclient import TestClient
 
