@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import anyio
 from fastapi.sse import ServerSentEvent
-from sqlalchemy import select
 
 from service import runs
 from service.db import Database
 from service.schemas import RunRead
-from service.tables import ENDED, EpochLoss, Run
+from service.tables import ENDED, Run
 
 
 @dataclass(frozen=True)
@@ -32,12 +31,7 @@ def read_snapshot(db: Database, run_id: str, after_epoch: int) -> Snapshot | Non
         run = session.get(Run, run_id)
         if run is None:
             return None
-        rows = session.execute(
-            select(EpochLoss.epoch, EpochLoss.train_loss, EpochLoss.valid_loss)
-            .where(EpochLoss.run_id == run_id, EpochLoss.epoch > after_epoch)
-            .order_by(EpochLoss.epoch)
-        ).all()
-        return Snapshot(runs.to_read(run), [tuple(r) for r in rows])  # type: ignore[misc]
+        return Snapshot(runs.to_read(run), runs.epoch_losses(session, run_id, after_epoch))
 
 
 def parse_last_event_id(value: str | None) -> int:

@@ -24,8 +24,8 @@ from models import make_splits, predict
 from service.db import Database
 from service.inference import ModelCache
 from service.problems import ProblemError, not_found
-from service.runs import config_from_json, get_run_or_404, require_succeeded
-from service.tables import ENDED, EpochLoss, Run
+from service.runs import config_from_json, epoch_losses, get_run_or_404, require_succeeded
+from service.tables import ENDED, Run
 
 Format = Literal["svg", "png"]
 MEDIA_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
@@ -91,11 +91,7 @@ def _label(run: Run) -> str:
 
 
 def _losses(session: Session, run_id: str) -> tuple[list[int], list[float], list[float]]:
-    rows = session.execute(
-        select(EpochLoss.epoch, EpochLoss.train_loss, EpochLoss.valid_loss)
-        .where(EpochLoss.run_id == run_id)
-        .order_by(EpochLoss.epoch)
-    ).all()
+    rows = epoch_losses(session, run_id)
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 

@@ -234,13 +234,22 @@ def cancel_run(*, session: Session, run_id: str) -> Run:
     return run
 
 
-def read_losses(*, session: Session, run_id: str) -> Losses:
-    get_run_or_404(session=session, run_id=run_id)
+def epoch_losses(
+    session: Session, run_id: str, after_epoch: int = 0
+) -> list[tuple[int, float, float]]:
+    """A run's (epoch, training loss, validation loss) rows after `after_epoch`, in order:
+    the one query behind /losses, the plots and the event stream."""
     rows = session.execute(
         select(EpochLoss.epoch, EpochLoss.train_loss, EpochLoss.valid_loss)
-        .where(EpochLoss.run_id == run_id)
+        .where(EpochLoss.run_id == run_id, EpochLoss.epoch > after_epoch)
         .order_by(EpochLoss.epoch)
     ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def read_losses(*, session: Session, run_id: str) -> Losses:
+    get_run_or_404(session=session, run_id=run_id)
+    rows = epoch_losses(session, run_id)
     return Losses(
         run_id=run_id,
         epochs=[r[0] for r in rows],
