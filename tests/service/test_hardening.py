@@ -180,7 +180,12 @@ def test_cursors_are_opaque_positions_and_never_refused(client: TestClient) -> N
         assert errors[0]["loc"] == ["query", "cursor"]
 
 
-def test_non_finite_outputs_are_a_422_not_a_null(client: TestClient) -> None:
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_non_finite_outputs_are_a_422_not_a_null(
+    client: TestClient, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each prediction path, whichever this machine's calibration would pick.
+    monkeypatch.setattr("models.chooser.predict_path", lambda **shape: path)
     run_id = client.post("/runs", json=run_body(model="elman")).json()["id"]
     train_now(client)
     # Inputs must be float32 numbers (published in the schema)...
@@ -188,17 +193,18 @@ def test_non_finite_outputs_are_a_422_not_a_null(client: TestClient) -> None:
     error = problem(client.post("/predict", json=body), 422)["errors"][0]
     assert error["loc"] == ["body", "sequences", 0, 1, 0] and error["type"] == "less_than_equal"
     # ... and a model whose outputs are not finite for some input answers 422, saying where.
-    # (Here its weights are made huge: a huge input drives l1(x) to +inf while hr(h) is
-    # -inf from step 1 on, and inf - inf = NaN, whichever order the sums run in.)
+    # (Here its read-out weights are made huge: where both hidden units saturate at +1, the
+    # read-out sums two products of 3e38, over float32's range in any order, fused
+    # multiply-adds included, and on either prediction path; a small input stays finite.)
     body = {"run_id": run_id, "sequences": [[[0.5, 1]], [[0.5, 1], [3e38, 3e38]]]}
     assert client.post("/predict", json=body).status_code == 200  # loaded, cached
     model = client.app.state.model_cache.get(client.app.state.db, run_id)
     with torch.no_grad():
-        model.l1.weight.fill_(1e38)
+        model.l1.weight.fill_(0.1)  # tanh(0.15) at (0.5, 1); tanh(6e37) = 1 at (3e38, 3e38)
         model.l1.bias.fill_(0)
-        model.hr.weight.fill_(-1e38)
-        model.hr.bias.fill_(-3e38)
-        model.l2.weight.fill_(1e38)
+        model.hr.weight.fill_(0)
+        model.hr.bias.fill_(0)
+        model.l2.weight.fill_(3e38)
         model.l2.bias.fill_(0)
     error = problem(client.post("/predict", json=body), 422)["errors"][0]
     assert error["loc"] == ["body", "sequences", 1, 1] and error["type"] == "non_finite_output"
