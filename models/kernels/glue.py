@@ -169,6 +169,28 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
     return out
 
 
+@_njit
+def _reduce_rows(lanes, n_batch, out):
+    """out[b, c] = Σ_m lanes[m·B + b, c] in member order: a row's gradient from the sequences
+    of every member that read it (lanes and out flattened to [sequences, c] and [rows, c])."""
+    n_members = lanes.shape[0] // n_batch
+    for bi in range(n_batch):
+        for c in range(out.shape[1]):
+            s = 0.0
+            for m in range(n_members):
+                s += lanes[m * n_batch + bi, c]
+            out[bi, c] = s
+
+
+def reduce_rows(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped and typed like `like` [B, …]: per-sequence sums [K·B, …] added up per
+    row of the batch, in member order (so the result does not depend on how sequences were
+    grouped), then rounded once to like's type."""
+    out = torch.empty(like.shape, dtype=like.dtype)
+    _reduce_rows(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+    return out
+
+
 # --- the read-out inside the recurrence kernels ----------------------------------------------
 # The networks' read-out y = W2 h + b2 and its squared error against the target are computed
 # per chunk of steps whose states are at hand (the Elman kernels, the validation passes), or

@@ -29,6 +29,7 @@ from models.kernels.glue import (
     _readout_chunk,
     _seq_rows,
     reduce_members,
+    reduce_rows,
     run_groups,
     sequence_groups,
 )
@@ -287,15 +288,15 @@ def _dh_rotated(w, dz, dh, p0, p1, off, first):
 
 @_njit
 def _lstm_backward(
-    dhs, readout, err, w2, scale, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_ih,
+    dhs, readout, err, w2, scale, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, lx, lw_ih,
     lw_hh, lb,
 ):  # fmt: skip
     """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] (with `readout` from the read-out's
     errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._dh_chunk`; the unused one may be
-    any array of its type): dx[B,T,I] (when want_dx: their
-    contribution, summed over the members that share a row of x), and per sequence the
-    gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`_lstm_reduce` adds up each
-    member's sequences).
+    any array of its type): per sequence dL/dx_t in lx[N',T,I] (when want_dx; float64,
+    `glue.reduce_rows` adds up the sequences that read a row of x) and the gradient sums
+    lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`glue.reduce_members` adds up each member's
+    sequences).
 
     gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
     h_t = o tanh(c_t), walking back in time:
@@ -316,11 +317,10 @@ def _lstm_backward(
     dwhx = np.zeros((n_hidden, 4 * units))
     dbx = np.zeros(4 * units)
     # Per-step arithmetic in the storage type, as the forward pass; the sums over time
-    # (dwix, dwhx, dbx, and dx's per step) in float64.
+    # (dwix, dwhx, dbx) and dx's over the gates in float64.
     wt = hs.dtype
     one = _one(hs)
     dz = np.zeros(4 * units, dtype=wt)
-    dxt = np.zeros((n_batch, n_input))
     dh = np.zeros(units, dtype=wt)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
     dc_carry = np.zeros(units, dtype=wt)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
     dcv = np.zeros(units, dtype=wt)  # dL/dc_t
@@ -401,19 +401,14 @@ def _lstm_backward(
                     for q in range(4 * units):
                         dwix[k, q] += dz[q] * xr[xb[q], k]
             if want_dx:
-                dxt[:] = 0.0
                 for n in range(n_seq):
-                    bi = (n0 + n) % n_batch
                     for k in range(n_input):
                         sx = 0.0
                         for gate in range(4):
                             for j in range(n_hidden):
                                 q = gate * units + j * n_seq + n
                                 sx += wix[k, q] * dz[q]
-                        dxt[bi, k] += sx
-                for bi in range(n_batch):
-                    for k in range(n_input):
-                        dx[bi, t, k] = dxt[bi, k]
+                        lx[n, t, k] = sx
             if t == 0:
                 break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
             if wide:
@@ -484,8 +479,9 @@ class LSTMFunction(torch.autograd.Function):
     """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`.
 
     The K·B sequences run in groups, one per thread (`glue.set_threads`), each group with its
-    own saved gates and cells; gradients are summed per sequence, then per member in
-    sequence order, so the result is the same bit for bit whatever the number of groups.
+    own saved gates and cells; gradients are summed per sequence, then in sequence order per
+    member (the weights') or per row of x (the input's, over the members that read it), so
+    the result is the same bit for bit whatever the number of groups.
     """
 
     @staticmethod
@@ -529,11 +525,12 @@ class LSTMFunction(torch.autograd.Function):
         groups = ctx.groups
         n_seq = hs.shape[0]
         want_dx = bool(ctx.needs_input_grad[0])
-        # Per-sequence gradient sums, filled by the groups, then added up per member.
+        # Per-sequence gradient sums, filled by the groups, then added up per member (dx: per
+        # row of x).
         lw_ih = np.empty((n_seq, *weight_ih.shape[1:]))
         lw_hh = np.empty((n_seq, *weight_hh.shape[1:]))
         lb = np.empty((n_seq, weight_hh.shape[1]))
-        dxs = [torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype) for _ in groups]
+        lx = np.empty((n_seq, *x.shape[1:]) if want_dx else (1, 1, 1))
         dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
         wih, whh = _np(weight_ih), _np(weight_hh)
         unused = np.zeros((1, 1, 1))  # no read-out: the backward starts from dhs
@@ -556,7 +553,7 @@ class LSTMFunction(torch.autograd.Function):
                 whh,
                 n0,
                 want_dx,
-                dxs[i].numpy(),
+                lx[n0:n1] if want_dx else lx,
                 lw_ih[n0:n1],
                 lw_hh[n0:n1],
                 lb[n0:n1],
@@ -567,11 +564,7 @@ class LSTMFunction(torch.autograd.Function):
         dw_ih = reduce_members(lw_ih, n_batch, weight_ih)
         dw_hh = reduce_members(lw_hh, n_batch, weight_hh)
         db = reduce_members(lb, n_batch, bias_like(weight_hh))
-        dx = None
-        if want_dx:  # the groups share x: their contributions add up, in a fixed order
-            dx = dxs[0]
-            for part in dxs[1:]:
-                dx = dx + part
+        dx = reduce_rows(lx, n_batch, x) if want_dx else None
         # b_ih and b_hh enter every gate as a sum: the same gradient, as separate tensors
         # (one shared tensor could end up as both parameters' .grad and be accumulated twice).
         return dx, dw_ih, dw_hh, db, db.clone()
