@@ -24,10 +24,8 @@ from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
     _check,
-    _dh_chunk,
+    _load_units,
     _np,
-    _readout_chunk,
-    _seq_rows,
     reduce_members,
     reduce_rows,
     run_groups,
@@ -245,29 +243,6 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
             c_io[n, j] = st[0, j * n_seq + n]
 
 
-@_njit
-def _lstm_sse(x, w_ih, w_hh, b_ih, b_hh, n0, n_seq, w2, b2, target, sq):
-    """sq[N'] = each of sequences n0 … n0+N'-1's sum of squared read-out errors (float64),
-    from zero initial state: the forward pass and the read-out, keeping no states at all."""
-    n_batch, n_steps, n_input = x.shape
-    n_hidden = w_hh.shape[2]
-    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
-    mb, bb = _seq_rows(n_batch, n0, n_seq)
-    units = n_seq * n_hidden
-    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, w_hh)
-    hc = np.zeros((_CHUNK, units), dtype=w_hh.dtype)  # h of the steps since the last read-out
-    u = np.zeros((1, 1, 1))  # the errors and their sums are not kept
-    sq[:] = 0.0
-    for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
-        t0 = t - t % _CHUNK
-        for p in range(units):
-            hc[t - t0, p] = st[2, p]
-        if t + 1 - t0 == _CHUNK or t + 1 == n_steps:
-            hc3 = np.transpose(hc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', k]
-            _readout_chunk(hc3, True, t0, t + 1, mb, bb, w2, b2, target, False, u, sq, u[0], u)
-
-
 @_njit(inline="always")
 def _dh_rotated(w, dz, dh, p0, p1, off, first):
     """dh[p] (= when `first`, else +=) Σ_gate w[gate·P + p] dz[gate·P + p + off] for
@@ -287,16 +262,11 @@ def _dh_rotated(w, dz, dh, p0, p1, off, first):
 
 
 @_njit
-def _lstm_backward(
-    dhs, readout, err, w2, scale, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, lx, lw_ih,
-    lw_hh, lb,
-):  # fmt: skip
-    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] (with `readout` from the read-out's
-    errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._dh_chunk`; the unused one may be
-    any array of its type): per sequence dL/dx_t in lx[N',T,I] (when want_dx; float64,
-    `glue.reduce_rows` adds up the sequences that read a row of x) and the gradient sums
-    lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`glue.reduce_members` adds up each member's
-    sequences).
+def _lstm_backward(dhs, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, lx, lw_ih, lw_hh, lb):
+    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H]: per sequence dL/dx_t in
+    lx[N',T,I] (when want_dx; float64, `glue.reduce_rows` adds up the sequences that read a
+    row of x) and the gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G]
+    (`glue.reduce_members` adds up each member's sequences).
 
     gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
     h_t = o tanh(c_t), walking back in time:
@@ -330,14 +300,12 @@ def _lstm_backward(
     xe = np.zeros((n_input, units), dtype=wt)
     he = np.zeros((n_hidden, units), dtype=wt)
     hprev = np.zeros(units, dtype=wt)
-    mb, _ = _seq_rows(n_batch, n0, n_seq)
     whr = _lstm_dh_setup(w_hh, n_batch, n0, n_seq)
-    gc = np.zeros((_CHUNK, units))  # dL/dh_t from the read-out (or dhs), a chunk of steps
-    gc3 = np.transpose(gc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', j]
+    gc = np.zeros((_CHUNK, units))  # dL/dhs_t of a chunk of steps, float64
     t1 = n_steps
     while t1 > 0:  # time backwards, in chunks
         t0 = max(0, t1 - _CHUNK)
-        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
+        _load_units(dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             if wide:
@@ -533,17 +501,12 @@ class LSTMFunction(torch.autograd.Function):
         lx = np.empty((n_seq, *x.shape[1:]) if want_dx else (1, 1, 1))
         dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
         wih, whh = _np(weight_ih), _np(weight_hh)
-        unused = np.zeros((1, 1, 1))  # no read-out: the backward starts from dhs
 
         def work(n0: int, n1: int) -> None:
             i = groups.index((n0, n1))
             cs, tcs, gates = per_group[3 * i : 3 * i + 3]
             _lstm_backward(
                 dhn[n0:n1],
-                False,
-                unused,
-                wih,
-                unused[0, 0],
                 xn,
                 hn[n0:n1],
                 _np(cs),
