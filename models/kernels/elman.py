@@ -19,6 +19,7 @@ by its number of sequences N (`forward_kernel`, `backward_kernel`):
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
+    Record,
     _check,
     _expand,
     _load,
@@ -39,6 +41,24 @@ from models.kernels.glue import (
     run_groups,
     sequence_groups,
 )
+
+
+class ElmanForward(Record, namedtuple("ElmanForward", "a w b n_batch n0 h start hs")):
+    """A forward kernel's arguments: sequences n0 … n0+N'-1 of a pass (sequence n = m·B + b,
+    B = n_batch: member m on row b) from their inputs a[N',T,H] (l1(x)) with the members'
+    hr, w[K,H,H] and b[K,H]; h[N',H] carries their state in and out (with `start`, step 0
+    is the sequences' first and h is ignored on entry); hs[N',T,H] gets their states."""
+
+    __slots__ = ()
+
+
+class ElmanBackward(Record, namedtuple("ElmanBackward", "dhs hs w n_batch n0 da lw lb")):
+    """A backward kernel's arguments: dL/dhs[N',T,H] and the forward's states hs[N',T,H] of
+    sequences n0 … n0+N'-1 (as in `ElmanForward`), hr's weight w[K,H,H]; out: dL/da into
+    da[N',T,H], and per sequence the float64 gradient sums lw[N',H,H] and lb[N',H] of hr's
+    weight and bias."""
+
+    __slots__ = ()
 
 
 @_njit(inline="always")
@@ -65,20 +85,19 @@ def _elman_setup(w, b, n_batch, n0, n_seq):
 
 
 @_njit
-def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
-    """The Elman recurrence of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row
-    b) from their inputs a[N',T,H] with w[K,H,H], b[K,H]; h[N',H] carries their state in and
-    out; hs[N',T,H] gets their states.
+def _elman_forward(args):
+    """The Elman recurrence of an `ElmanForward`'s sequences.
 
-    With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
-    is ignored on entry; otherwise `h` holds the step before step 0 (chunked inference).
-    Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
+    With args.start, step 0 is the sequence's first step (no recurrent term, not even b) and
+    args.h is ignored on entry; otherwise args.h holds the step before step 0 (chunked
+    inference). Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
     time-major buffers, so each step's loops are flat and contiguous over the units (no
     gathers); the arithmetic per unit is unchanged.
     """
+    h = args.h
     n_seq, n_hidden = h.shape
-    n_steps = a.shape[1]
-    wx, bx, _, _ = _elman_setup(w, b, n_batch, n0, n_seq)
+    n_steps = args.a.shape[1]
+    wx, bx, _, _ = _elman_setup(w=args.w, b=args.b, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq)
     hf = h.reshape(h.size)
     units = hf.size
     wt = h.dtype  # arithmetic in the storage type
@@ -94,10 +113,10 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
     _expand(state, n_hidden, he)
     for t0 in range(0, n_steps, _CHUNK):
         t1 = min(n_steps, t0 + _CHUNK)
-        _load(a, t0, t1, ac, 0)
+        _load(args.a, t0, t1, ac, 0)
         for t in range(t0, t1):
             s = t - t0
-            if t == 0 and start:
+            if t == 0 and args.start:
                 for u in range(units):
                     z[u] = ac[s, u]
             else:  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
@@ -113,7 +132,7 @@ def _elman_forward(a, w, b, n_batch, n0, h, start, hs):
                 state[u] = v
                 hc[s, u] = v
             _expand(state, n_hidden, he)
-        _store(hc, t0, t1, hs)
+        _store(hc, t0, t1, args.hs)
     for u in range(units):
         hf[u] = state[u]
 
@@ -131,18 +150,19 @@ def _dz_step(hc, gc, carry, s, one, dz, dac):
 
 
 @_njit
-def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
-    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] and the forward's hs[N',T,H]:
-    dL/da into da[N',T,H], and per sequence the gradient sums lw[N',H,H] (for hr's weight)
-    and lb[N',H] (its bias), which `glue.reduce_members` adds up per member.
+def _elman_backward(args):
+    """BPTT of an `ElmanBackward`'s sequences: dL/da, and per sequence the gradient sums of
+    hr's weight and bias, which `glue.reduce_members` adds up per member.
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
     kept per lane in float64. Time runs backwards in chunks through time-major buffers, as
     in `_elman_forward`.
     """
+    hs = args.hs
     n_seq, n_steps, n_hidden = hs.shape
-    wx, _, hb, jj = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
+    w_any = args.w[:, :, 0]  # (the bias does not enter the backward pass)
+    wx, _, hb, jj = _elman_setup(w=args.w, b=w_any, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq)
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; dwx and dbx sum in float64
     one = _one(hs)
@@ -161,10 +181,10 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
         _load(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
-        _load(dhs, t0, t1, gc, 0)
+        _load(args.dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            _dz_step(hc, gc, carry, s, one, dz, dac)
+            _dz_step(hc=hc, gc=gc, carry=carry, s=s, one=one, dz=dz, dac=dac)
             if t == 0:
                 break
             for u in range(units):
@@ -179,14 +199,14 @@ def _elman_backward(dhs, hs, w, n_batch, n0, da, lw, lb):
                 for j in range(n_hidden):
                     s2 += prod[jj[u], hb[u] + j]
                 carry[u] = s2
-        _store(dac, t0, t1, da)
+        _store(dac, t0, t1, args.da)
         t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
             u = local * n_hidden + j
-            lb[local, j] = dbx[u]
+            args.lb[local, j] = dbx[u]
             for k in range(n_hidden):
-                lw[local, j, k] = dwx[k, u]
+                args.lw[local, j, k] = dwx[k, u]
 
 
 @_njit(inline="always")
@@ -204,19 +224,21 @@ def _spread(w, n_batch, n0, n_seq, like):
 
 
 @_njit
-def _elman_forward_wide(a, w, b, n_batch, n0, h, start, hs):
-    """`_elman_forward` (same arguments, same results bit for bit) in the unit-major layout
+def _elman_forward_wide(args):
+    """`_elman_forward` (the same record, the same results bit for bit) in the unit-major layout
     (u = j·N' + n'): the time-major chunk buffers hold unit j of the group's N' sequences
     contiguously, and every loop of a step runs over those N' sequences, so LLVM vectorizes
     it.
     """
+    h = args.h
     n_seq, n_hidden = h.shape
-    n_steps = a.shape[1]
+    n_steps = args.a.shape[1]
     units = n_seq * n_hidden
     # wx[j, k, n'] = W_m[j, k] and bx[j·N' + n'] = b_m[j] in the storage type, as the
     # arithmetic.
-    wx = _spread(w, n_batch, n0, n_seq, h)
-    bx = _spread(b.reshape(b.shape[0], b.shape[1], 1), n_batch, n0, n_seq, h).reshape(units)
+    wx = _spread(w=args.w, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=h)
+    b3 = args.b.reshape(args.b.shape[0], args.b.shape[1], 1)
+    bx = _spread(w=b3, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=h).reshape(units)
     wt = h.dtype  # arithmetic in the storage type
     one = _one(h)
     two = one + one
@@ -233,10 +255,10 @@ def _elman_forward_wide(a, w, b, n_batch, n0, h, start, hs):
             for u in range(units):
                 hc[0, u] = hc[last, u]
         last = t1 - t0
-        _load_units(a, t0, t1, ac, 0)
+        _load_units(args.a, t0, t1, ac, 0)
         for t in range(t0, t1):
             s = t - t0
-            if t == 0 and start:
+            if t == 0 and args.start:
                 for u in range(units):
                     z[u] = ac[s, u]
             else:  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
@@ -254,20 +276,23 @@ def _elman_forward_wide(a, w, b, n_batch, n0, h, start, hs):
                     z[u] += ac[s, u]
             for u in range(units):
                 hc[s + 1, u] = one - two / (_exp(two * z[u]) + one)
-        _store_units(hc, t0, t1, hs, 1)
+        _store_units(hc, t0, t1, args.hs, 1)
     for local in range(n_seq):
         for j in range(n_hidden):
             h[local, j] = hc[last, j * n_seq + local]
 
 
 @_njit
-def _elman_backward_wide(dhs, hs, w, n_batch, n0, da, lw, lb):
-    """`_elman_backward` (same arguments, same results bit for bit) in the unit-major layout,
+def _elman_backward_wide(args):
+    """`_elman_backward` (the same record, the same results bit for bit) in the unit-major layout,
     as `_elman_forward_wide`: the recurrent gradient sums and W^T dz (no gathers: for each
     unit k a sum over j of contiguous runs) run over the group's sequences per unit.
     """
+    hs = args.hs
     n_seq, n_steps, n_hidden = hs.shape
-    wx = _spread(w, n_batch, n0, n_seq, hs)  # wx[j, k, n'] = W_m[j, k]
+    wx = _spread(
+        w=args.w, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=hs
+    )  # [j, k, n']: W_m[j, k]
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; the sums in float64
     one = _one(hs)
@@ -284,10 +309,10 @@ def _elman_backward_wide(dhs, hs, w, n_batch, n0, da, lw, lb):
         _load_units(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load_units(hs, t0 - 1, t0, hc, 0)
-        _load_units(dhs, t0, t1, gc, 0)
+        _load_units(args.dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            _dz_step(hc, gc, carry, s, one, dz, dac)
+            _dz_step(hc=hc, gc=gc, carry=carry, s=s, one=one, dz=dz, dac=dac)
             if t == 0:
                 break
             for u in range(units):
@@ -308,13 +333,13 @@ def _elman_backward_wide(dhs, hs, w, n_batch, n0, da, lw, lb):
                     dzj = dz[j * n_seq : (j + 1) * n_seq]
                     for n in range(n_seq):
                         ck[n] += wjk[n] * dzj[n]
-        _store_units(dac, t0, t1, da, 0)
+        _store_units(dac, t0, t1, args.da, 0)
         t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
-            lb[local, j] = dbx[j * n_seq + local]
+            args.lb[local, j] = dbx[j * n_seq + local]
             for k in range(n_hidden):
-                lw[local, j, k] = dwx[j, k, local]
+                args.lw[local, j, k] = dwx[j, k, local]
 
 
 # Measured per sequence-step on this project's 2-core machine (H = 2, float32), when these
@@ -326,12 +351,12 @@ _WIDE_BACKWARD = 6
 
 
 def forward_kernel(n_seq: int) -> Any:
-    """The forward kernel for a group of n_seq sequences (`_elman_forward`'s signature)."""
+    """The forward kernel for a group of n_seq sequences (takes an `ElmanForward`)."""
     return _elman_forward_wide if n_seq >= _WIDE_FORWARD else _elman_forward
 
 
 def backward_kernel(n_seq: int) -> Any:
-    """The backward kernel for a group of n_seq sequences (`_elman_backward`'s signature)."""
+    """The backward kernel for a group of n_seq sequences (takes an `ElmanBackward`)."""
     return _elman_backward_wide if n_seq >= _WIDE_BACKWARD else _elman_backward
 
 
@@ -348,7 +373,11 @@ def _forward_groups(
     n_batch = a3.shape[0] // weight.shape[0]
 
     def work(n0: int, n1: int) -> None:
-        forward_kernel(n1 - n0)(an[n0:n1], wn, bn, n_batch, n0, hn[n0:n1], start, hsn[n0:n1])
+        call = ElmanForward(
+            a=an[n0:n1], w=wn, b=bn, n_batch=n_batch, n0=n0, h=hn[n0:n1], start=start,
+            hs=hsn[n0:n1],
+        )  # fmt: skip
+        forward_kernel(n1 - n0)(call)
 
     run_groups(work, sequence_groups(a3.shape[0]))
 
@@ -392,9 +421,11 @@ class ElmanFunction(torch.autograd.Function):
         lb = np.empty((n_seq, weight.shape[1]))
 
         def work(n0: int, n1: int) -> None:
-            backward_kernel(n1 - n0)(
-                dhn[n0:n1], hn[n0:n1], wn, n_batch, n0, dan[n0:n1], lw[n0:n1], lb[n0:n1]
-            )
+            call = ElmanBackward(
+                dhs=dhn[n0:n1], hs=hn[n0:n1], w=wn, n_batch=n_batch, n0=n0, da=dan[n0:n1],
+                lw=lw[n0:n1], lb=lb[n0:n1],
+            )  # fmt: skip
+            backward_kernel(n1 - n0)(call)
 
         run_groups(work, sequence_groups(n_seq))
         dw = reduce_members(lw, n_batch, weight)

@@ -15,6 +15,19 @@ from models.kernels.compile import _njit
 DTYPES = (torch.float32, torch.float64)
 
 
+class Record:
+    """A base for the namedtuples that carry a kernel call's arrays: built by keyword only,
+    so two arrays of one type cannot trade places unseen (positionally they would, and the
+    kernel would compile and run). numba takes a record as a namedtuple and the kernel reads
+    its fields by name. Use: `class Pass(Record, namedtuple("Pass", "a b"))` with
+    `__slots__ = ()`."""
+
+    __slots__ = ()
+
+    def __new__(cls, **fields: Any) -> Any:
+        return super().__new__(cls, **fields)  # type: ignore[call-arg]
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor, made contiguous first (numba compiles per layout)."""
     return t.detach().contiguous().numpy()

@@ -283,10 +283,10 @@ def test_elman_layouts_give_the_same_bits(case: int) -> None:
         for fwd, bwd in ((ek._elman_forward, ek._elman_backward),
                          (ek._elman_forward_wide, ek._elman_backward_wide)):  # fmt: skip
             hcur, hs = h0.copy(), np.empty((n, t, h), dt)
-            fwd(a, w, bias, b, n0, hcur, start, hs)
+            fwd(ek.ElmanForward(a=a, w=w, b=bias, n_batch=b, n0=n0, h=hcur, start=start, hs=hs))
             da = np.empty((n, t, h), dt)
             lw, lb = np.empty((n, h, h)), np.empty((n, h))
-            bwd(dhs, hs, w, b, n0, da, lw, lb)
+            bwd(ek.ElmanBackward(dhs=dhs, hs=hs, w=w, n_batch=b, n0=n0, da=da, lw=lw, lb=lb))
             outs.append([hcur, hs, da, lw, lb])
         for one, other in zip(*outs, strict=True):
             np.testing.assert_array_equal(one, other)
