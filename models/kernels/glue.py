@@ -178,7 +178,10 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
     """A tensor shaped and typed like `like` [K, …]: per-sequence sums [K·B, …] added up per
     member, in sequence order (so the result does not depend on how sequences were grouped)."""
     out = torch.empty(like.shape, dtype=like.dtype)
-    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+    _reduce_lanes(
+        lanes=lanes.reshape(lanes.shape[0], -1), n_batch=n_batch,
+        out=out.view(out.shape[0], -1).numpy(),
+    )  # fmt: skip
     return out
 
 
@@ -200,5 +203,8 @@ def reduce_rows(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch.Te
     row of the batch, in member order (so the result does not depend on how sequences were
     grouped), then rounded once to like's type."""
     out = torch.empty(like.shape, dtype=like.dtype)
-    _reduce_rows(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+    _reduce_rows(
+        lanes=lanes.reshape(lanes.shape[0], -1), n_batch=n_batch,
+        out=out.view(out.shape[0], -1).numpy(),
+    )  # fmt: skip
     return out
