@@ -208,21 +208,29 @@ class FusedPath:
         moments2 = lanes.Params(*(_flat(s["exp_avg_sq"]) for s in states))
         steps = np.array([s["step"] for s in states], dtype=np.int64)
         (beta1, beta2), eps = optimizer.param_groups[0]["betas"], optimizer.param_groups[0]["eps"]
-        hp = lanes.AdamConfig(float(lr), float(beta1), float(beta2), float(eps), float(clip))
+        hp = lanes.AdamConfig(
+            lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps), clip=float(clip)
+        )
         losses = np.zeros(pop.size)
         ranges = even_ranges(pop.size, kernels.get_threads())
 
         def run(m0: int, m1: int) -> None:
             slot = ranges.index((m0, m1))
             ws = self._workspace("train", m1 - m0, slot)
+            # By keyword: params and Adam's two moments are records of one type.
             if self.layout == "rows":
                 x, t = self._numpy["train"]
-                self._epoch(self.shape, x, t, self.batch_size, m0, m1, params, moments1,
-                            moments2, steps, hp, self.used, ws, losses)  # fmt: skip
+                self._epoch(
+                    shape=self.shape, x=x, target=t, batch_size=self.batch_size, m0=m0, m1=m1,
+                    params=params, moments1=moments1, moments2=moments2, steps=steps, hp=hp,
+                    used=self.used, ws=ws, losses=losses,
+                )  # fmt: skip
             else:
-                data = self._data_for("train", m1 - m0)
-                self._epoch(self.shape, data, m0, m1, params, moments1, moments2, steps, hp,
-                            self.used, ws, losses)  # fmt: skip
+                self._epoch(
+                    shape=self.shape, data=self._data_for("train", m1 - m0), m0=m0, m1=m1,
+                    params=params, moments1=moments1, moments2=moments2, steps=steps, hp=hp,
+                    used=self.used, ws=ws, losses=losses,
+                )  # fmt: skip
 
         glue.run_groups(run, ranges)
         n_batches = -(-self.splits["train"][0].shape[0] // self.batch_size)
@@ -240,9 +248,12 @@ class FusedPath:
             ws = self._workspace("valid", m1 - m0, slot)
             if self.layout == "rows":
                 x, t = self._numpy["valid"]
-                self._sse(self.shape, x, t, m0, m1, params, ws, out)
+                self._sse(shape=self.shape, x=x, target=t, m0=m0, m1=m1, params=params, ws=ws,
+                          out=out)  # fmt: skip
             else:
-                self._sse(self.shape, self._data_for("valid", m1 - m0), m0, m1, params, ws, out)
+                data = self._data_for("valid", m1 - m0)
+                self._sse(shape=self.shape, data=data, m0=m0, m1=m1, params=params, ws=ws,
+                          out=out)  # fmt: skip
 
         if len(ranges) == 1:
             run(*ranges[0])
@@ -468,8 +479,8 @@ def batch_grads(
         if layout == "rows":
             ws = rows.workspace(engine.kind, *engine.dims, x.shape[0], x.shape[1], engine.dtype_np)
             fn = rows.lstm_grads if lstm else rows.elman_grads
-            fn(engine.shape, x.numpy(), target.numpy(), 0, pop.size, params, engine.used, ws,
-               out, grad_views)  # fmt: skip
+            fn(shape=engine.shape, x=x.numpy(), target=target.numpy(), m0=0, m1=pop.size,
+               params=params, used=engine.used, ws=ws, losses=out, grads=grad_views)  # fmt: skip
         else:
             data = lanes.make_data(x.numpy(), target.numpy(), x.shape[0], pop.size, PACK_BUDGET)
             ws = lanes.workspace(
@@ -477,7 +488,8 @@ def batch_grads(
                 engine.dtype_np,
             )  # fmt: skip
             fn = lanes.lstm_grads if lstm else lanes.elman_grads
-            fn(engine.shape, data, 0, pop.size, params, engine.used, ws, out, grad_views)
+            fn(shape=engine.shape, data=data, m0=0, m1=pop.size, params=params, used=engine.used,
+               ws=ws, losses=out, grads=grad_views)  # fmt: skip
         by_name = dict(zip(engine.order, grads, strict=True))
         return out.tolist(), [by_name[n] for n in pop.names]
     if path != "torch":

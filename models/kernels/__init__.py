@@ -5,30 +5,41 @@ per-step ops (dispatch, autograd bookkeeping, tiny allocations) cost 100× the a
 
 Two families, by what they serve:
 
-- `lanes` and `rows` (with `simd`): what training and prediction run on the CPU
-  (`models.paths`' fused path; `model(x)` without autograd runs `lanes`). On explicit
-  8-lane vectors (`simd.Vec`, LLVM vectors): `lanes` puts one sequence per lane, so a step
-  is a few dozen vector instructions per group of 8 sequences; `rows` puts one sequence's
-  gate rows per vector, for small batches of larger networks. An epoch (forward, read-out,
-  backward, Adam for every batch) is one compiled call per thread of members, and the
-  validation and inference passes keep two steps of state. Small sizes are compiled in
-  (`lanes.size_tag`).
-- `lstm`, `elman` (with `glue`): the recurrences as `torch.autograd.Function`s, for
-  `model(x)` with autograd on the CPU (`LSTMFunction`, `ElmanFunction`; populations:
-  `lstm_population`, `elman_population`), and their chunked inference for populations.
-  The K·B sequences of a population pass are split into groups that run in threads
-  (`glue.set_threads`), with results independent of the grouping.
+- `lanes` and `rows` (with `simd`): the fused training path (`models.paths.FusedPath`,
+  which `models.chooser` picks per shape against torch's own layers) and `model(x)` without
+  autograd on the CPU (`lanes.predict_network`; `models.predict` may take torch's layers
+  instead, as `models.chooser.predict_path` prices them). Explicit 8-lane vectors
+  (`simd.Vec`, LLVM vectors): `lanes` puts one sequence per lane, so a step is a few dozen
+  vector instructions per group of 8 sequences; `rows` puts one sequence's gate rows per
+  vector, for small batches of larger networks. The input projection and the read-out run
+  inside: an epoch (forward, read-out, backward, Adam for every batch) is one compiled
+  call per range of members, and the validation and inference passes keep two steps of
+  state. Small sizes are compiled in (`lanes.size_tag`).
+- `lstm`, `elman` (with `glue`): the recurrences alone as `torch.autograd.Function`s, for
+  `model(x)` with autograd on the CPU (`LSTMFunction`, `ElmanFunction`) and for populations
+  (`models.population`: `lstm_population`, `elman_population`, and without autograd their
+  chunked inference). Around them the layers stay torch's: the Elman input projection and
+  both read-outs are torch ops (nn.Linear in the networks, baddbmm in `Population`); the
+  LSTM's input projection runs inside its kernel. Each recurrence kernel takes its arrays
+  as one record (`ElmanForward`, `LSTMBackward`, …), built by keyword (`glue.Record`).
 
 `cuda.py`: cuDNN's RNN_TANH for the Elman network on CUDA (nn.LSTM is cuDNN's already).
-`adam.py`: Adam as one compiled loop per parameter (torch's algorithm; what a training
-step runs on the CPU outside the lane kernels). `compile.py`: numba's disk cache (one
-directory per version of these sources) and the vectorizable scalar exp.
+`adam.py`: Adam as one compiled loop per parameter (torch's algorithm): the optimizer
+`models.training.make_optimizer` gives CPU parameters, which the torch path steps (the
+fused path runs the same algorithm inside the lane kernels, on that optimizer's state).
+`compile.py`: numba's disk cache (one directory per version of these sources) and the
+branch-free, vectorizable exp. tests/models/golden holds every kernel's outputs and
+gradients on fixed inputs, bit for bit.
 
 Shapes: B batch, T time steps, I inputs, H hidden units, G = 4H LSTM gate rows (order i, f,
-g, o as in `torch.nn.LSTM`). float32 and float64 are both compiled (float64 for gradcheck),
-and each computes in its arrays' type, with sums over time in float64. No loop runs numba's
-parallel threads (`compile._njit` says why); sequences are spread over Python threads that
-release the GIL instead.
+g, o as in `torch.nn.LSTM`). Each kernel is compiled for float32 (the models' type) and
+float64 (gradcheck, float64 models) on first use (`warm_up`: the autograd family's now),
+and computes in its arrays' type; sums over time go into float64 (in `lanes` and `rows`
+after partial sums over 32 steps in the arrays' type). No kernel uses numba's parallel
+loops (`compile._njit` says why): the compiled loops release the GIL and their callers
+spread the work over Python threads (`glue.run_groups`), `lstm` and `elman` a pass's
+sequences in groups (`set_threads`), `models.paths` the members in ranges. Results do not
+depend on the number of threads.
 """
 
 from __future__ import annotations

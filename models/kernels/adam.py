@@ -119,9 +119,10 @@ class Adam:
                     self._grad_views[p] = cached
                 state["step"] += 1
                 t = state["step"]
-                _adam_step(
-                    views[3], cached[2], views[4], views[5], lr, beta1, beta2, eps,
-                    1.0 - beta1**t, math.sqrt(1.0 - beta2**t),
+                _adam_step(  # by keyword: four arrays and six floats of one type each
+                    p=views[3], g=cached[2], m=views[4], v=views[5], lr=lr, beta1=beta1,
+                    beta2=beta2, eps=eps, bias1=1.0 - beta1**t,
+                    bias2_sqrt=math.sqrt(1.0 - beta2**t),
                 )  # fmt: skip
         return loss
 

@@ -10,17 +10,16 @@ instead of waiting on one chain's tanh after another. With more than one thread
 Two layouts of that state, the same arithmetic per unit (so the same bits), chosen per group
 by its number of sequences N (`forward_kernel`, `backward_kernel`):
 
-- sequence-major, u = n·H + j (`_elman_forward`, `_elman_backward`): for few sequences. The
-  input projection, the read-out and their gradients run per sequence, in scalar loops.
+- sequence-major, u = n·H + j (`_elman_forward`, `_elman_backward`): for few sequences.
 - unit-major, u = j·N + n (`_elman_forward_wide`, `_elman_backward_wide`): for many. Every
-  loop of a step, and of the projection and read-out, runs over the N sequences of one unit,
-  contiguous, so LLVM vectorizes it; no gathers in the step (the sequence-major backward
-  gathers W^T dz unit by unit). Below ~8 sequences those loops are too short to pay for
-  their setup, which is why both exist.
+  loop of a step runs over the N sequences of one unit, contiguous, so LLVM vectorizes it;
+  no gathers in the step (the sequence-major backward gathers W^T dz unit by unit). Below
+  ~8 sequences those loops are too short to pay for their setup, which is why both exist.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
@@ -30,20 +29,36 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
+    Record,
     _check,
-    _dh_chunk,
     _expand,
     _load,
     _load_units,
     _np,
-    _readout_chunk,
-    _seq_rows,
     _store,
     _store_units,
     reduce_members,
     run_groups,
     sequence_groups,
 )
+
+
+class ElmanForward(Record, namedtuple("ElmanForward", "a w b n_batch n0 h start hs")):
+    """A forward kernel's arguments: sequences n0 … n0+N'-1 of a pass (sequence n = m·B + b,
+    B = n_batch: member m on row b) from their inputs a[N',T,H] (l1(x)) with the members'
+    hr, w[K,H,H] and b[K,H]; h[N',H] carries their state in and out (with `start`, step 0
+    is the sequences' first and h is ignored on entry); hs[N',T,H] gets their states."""
+
+    __slots__ = ()
+
+
+class ElmanBackward(Record, namedtuple("ElmanBackward", "dhs hs w n_batch n0 da lw lb")):
+    """A backward kernel's arguments: dL/dhs[N',T,H] and the forward's states hs[N',T,H] of
+    sequences n0 … n0+N'-1 (as in `ElmanForward`), hr's weight w[K,H,H]; out: dL/da into
+    da[N',T,H], and per sequence the float64 gradient sums lw[N',H,H] and lb[N',H] of hr's
+    weight and bias."""
+
+    __slots__ = ()
 
 
 @_njit(inline="always")
@@ -69,46 +84,20 @@ def _elman_setup(w, b, n_batch, n0, n_seq):
     return wx, bx, hb, jj
 
 
-@_njit(inline="always")
-def _project(x, t0, t1, mb, bb, w1, b1, ac):
-    """ac[s, n'·H + j] = l1(x_t)_j = b1 + W1 x_t of local sequence n' at step t = t0 + s, in
-    float64 rounded to the storage type: a chunk of the input projection, time-major."""
-    n_hidden = w1.shape[1]
-    for n in range(mb.shape[0]):
-        m = mb[n]
-        bi = bb[n]
-        for s in range(t1 - t0):
-            for j in range(n_hidden):
-                v = np.float64(b1[m, j])
-                for i in range(w1.shape[2]):
-                    v += np.float64(w1[m, j, i]) * x[bi, t0 + s, i]
-                ac[s, n * n_hidden + j] = v
-
-
 @_njit
-def _elman_forward(
-    a, project, x, w1, b1, w, b, n_batch, n0, h, start, keep_hs, hs, readout, w2, b2, target,
-    grads, err, sq, se, seh,
-):  # fmt: skip
-    """The Elman recurrence of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m's row
-    b) with w[K,H,H], b[K,H]; h[N',H] carries their state in and out; hs[N',T,H] gets their
-    states when `keep_hs`.
+def _elman_forward(args):
+    """The Elman recurrence of an `ElmanForward`'s sequences.
 
-    Each step's input a_t is a[N',T,H] given, or with `project` the input projection of
-    x[B,T,I] by w1[K,H,I], b1[K,H] computed here (`a` then unused). With `readout` each
-    step's read-out and error as `glue._readout_chunk` (sq, and with `grads` err, se, seh;
-    all zeroed here). Unused arguments may be any arrays of their types.
-
-    With `start`, step 0 is the sequence's first step (no recurrent term, not even b) and `h`
-    is ignored on entry; otherwise `h` holds the step before step 0 (chunked inference).
-    Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
+    With args.start, step 0 is the sequence's first step (no recurrent term, not even b) and
+    args.h is ignored on entry; otherwise args.h holds the step before step 0 (chunked
+    inference). Time runs in chunks of _CHUNK steps whose inputs and states are copied to and from
     time-major buffers, so each step's loops are flat and contiguous over the units (no
     gathers); the arithmetic per unit is unchanged.
     """
+    h = args.h
     n_seq, n_hidden = h.shape
-    n_steps = x.shape[1] if project else a.shape[1]
-    wx, bx, _, _ = _elman_setup(w, b, n_batch, n0, n_seq)
-    mb, bb = _seq_rows(n_batch, n0, n_seq)
+    n_steps = args.a.shape[1]
+    wx, bx, _, _ = _elman_setup(w=args.w, b=args.b, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq)
     hf = h.reshape(h.size)
     units = hf.size
     wt = h.dtype  # arithmetic in the storage type
@@ -119,23 +108,15 @@ def _elman_forward(
     z = np.empty(units, dtype=wt)
     ac = np.empty((_CHUNK, units), dtype=wt)
     hc = np.empty((_CHUNK, units), dtype=wt)
-    if readout:
-        sq[:] = 0.0
-        if grads:
-            se[:] = 0.0
-            seh[:] = 0.0
     for u in range(units):
         state[u] = hf[u]
     _expand(state, n_hidden, he)
     for t0 in range(0, n_steps, _CHUNK):
         t1 = min(n_steps, t0 + _CHUNK)
-        if project:
-            _project(x, t0, t1, mb, bb, w1, b1, ac)
-        else:
-            _load(a, t0, t1, ac, 0)
+        _load(args.a, t0, t1, ac, 0)
         for t in range(t0, t1):
             s = t - t0
-            if t == 0 and start:
+            if t == 0 and args.start:
                 for u in range(units):
                     z[u] = ac[s, u]
             else:  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
@@ -151,11 +132,7 @@ def _elman_forward(
                 state[u] = v
                 hc[s, u] = v
             _expand(state, n_hidden, he)
-        if keep_hs:
-            _store(hc, t0, t1, hs)
-        if readout:
-            hc3 = hc.reshape(_CHUNK, n_seq, n_hidden)
-            _readout_chunk(hc3, True, t0, t1, mb, bb, w2, b2, target, grads, err, sq, se, seh)
+        _store(hc, t0, t1, args.hs)
     for u in range(units):
         hf[u] = state[u]
 
@@ -173,26 +150,19 @@ def _dz_step(hc, gc, carry, s, one, dz, dac):
 
 
 @_njit
-def _elman_backward(
-    dhs, readout, err, w2, scale, project, x, hs, w, n_batch, n0, da, lw, lb, lw1, lb1
-):
-    """BPTT of sequences n0 … n0+N'-1 from the forward's hs[N',T,H]: per sequence the
-    gradient sums lw[N',H,H] (for hr's weight) and lb[N',H] (its bias), which
-    `glue.reduce_members` adds up per member, and dL/da for the input projection a_t.
-
-    dL/dhs is dhs[N',T,H], or with `readout` the read-out's scale_m W2ᵀ err_t
-    (`glue._dh_chunk`). dL/da goes to da[N',T,H], or with `project` into the input
-    projection's own sums lw1[N',H,I] = Σ_t da_t x_tᵀ and lb1[N',H] = Σ_t da_t (x[B,T,I];
-    `da` then unused). Unused arguments may be any arrays of their types.
+def _elman_backward(args):
+    """BPTT of an `ElmanBackward`'s sequences: dL/da, and per sequence the gradient sums of
+    hr's weight and bias, which `glue.reduce_members` adds up per member.
 
     z_t is tanh's argument: dz_t = (dhs_t + W^T dz_{t+1}) * (1 - h_t^2), da_t = dz_t, and
     dW += dz_t h_{t-1}^T, db += dz_t for t >= 1 only (step 0 has no recurrent term). Sums are
     kept per lane in float64. Time runs backwards in chunks through time-major buffers, as
     in `_elman_forward`.
     """
+    hs = args.hs
     n_seq, n_steps, n_hidden = hs.shape
-    wx, _, hb, jj = _elman_setup(w, w[:, :, 0], n_batch, n0, n_seq)  # (no bias)
-    mb, bb = _seq_rows(n_batch, n0, n_seq)
+    w_any = args.w[:, :, 0]  # (the bias does not enter the backward pass)
+    wx, _, hb, jj = _elman_setup(w=args.w, b=w_any, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq)
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; dwx and dbx sum in float64
     one = _one(hs)
@@ -203,22 +173,18 @@ def _elman_backward(
     carry = np.zeros(units, dtype=wt)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
     he = np.empty((n_hidden, units), dtype=wt)  # `_expand`(h_{t-1})
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
-    gc = np.empty((_CHUNK, units))  # dL/dhs of a chunk (`glue._dh_chunk`)
+    gc = np.empty((_CHUNK, units))  # dL/dhs of a chunk, in float64
     dac = np.empty((_CHUNK, units), dtype=wt)
-    if project:
-        lw1[:] = 0.0
-        lb1[:] = 0.0
     t1 = n_steps
     while t1 > 0:
         t0 = max(0, t1 - _CHUNK)
         _load(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load(hs, t0 - 1, t0, hc, 0)
-        gc3 = gc.reshape(_CHUNK, n_seq, n_hidden)  # [s, n, j]: unit n·H + j
-        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
+        _load(args.dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            _dz_step(hc, gc, carry, s, one, dz, dac)
+            _dz_step(hc=hc, gc=gc, carry=carry, s=s, one=one, dz=dz, dac=dac)
             if t == 0:
                 break
             for u in range(units):
@@ -233,35 +199,23 @@ def _elman_backward(
                 for j in range(n_hidden):
                     s2 += prod[jj[u], hb[u] + j]
                 carry[u] = s2
-        if project:
-            for n in range(n_seq):
-                bi = bb[n]
-                for s in range(t1 - t0):
-                    for j in range(n_hidden):
-                        d = np.float64(dac[s, n * n_hidden + j])
-                        lb1[n, j] += d
-                        for i in range(x.shape[2]):
-                            lw1[n, j, i] += d * x[bi, t0 + s, i]
-        else:
-            _store(dac, t0, t1, da)
+        _store(dac, t0, t1, args.da)
         t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
             u = local * n_hidden + j
-            lb[local, j] = dbx[u]
+            args.lb[local, j] = dbx[u]
             for k in range(n_hidden):
-                lw[local, j, k] = dwx[k, u]
+                args.lw[local, j, k] = dwx[k, u]
 
 
 @_njit(inline="always")
-def _spread(w, n_batch, n0, n_seq, used, like):
+def _spread(w, n_batch, n0, n_seq, like):
     """out[a, c, n'] = w[m, a, c] in `like`'s type for local sequence n' of member m
     (w[K, A, C]): a member's weights at each of its sequences' positions, so that the loops
-    over a unit's sequences run over n' (contiguous); the unit-major layout's constants.
-    Empty (n' = 0) when not `used` (w may then be any array)."""
-    width = n_seq if used else 0
-    out = np.empty((w.shape[1], w.shape[2], width), dtype=like.dtype)
-    for local in range(width):
+    over a unit's sequences run over n' (contiguous); the unit-major layout's constants."""
+    out = np.empty((w.shape[1], w.shape[2], n_seq), dtype=like.dtype)
+    for local in range(n_seq):
         m = (n0 + local) // n_batch
         for a in range(w.shape[1]):
             for c in range(w.shape[2]):
@@ -269,52 +223,25 @@ def _spread(w, n_batch, n0, n_seq, used, like):
     return out
 
 
-@_njit(inline="always")
-def _gather(src, rows, t0, t1, used, out):
-    """out[s, c, n'] = float64(src[rows[n'], t0 + s, c]): a time chunk of src[R, T, C] at
-    each local sequence's row, time-major (nothing when not `used`)."""
-    if used:
-        for s in range(t1 - t0):
-            for c in range(src.shape[2]):
-                for local in range(rows.shape[0]):
-                    out[s, c, local] = src[rows[local], t0 + s, c]
-
-
 @_njit
-def _elman_forward_wide(
-    a, project, x, w1, b1, w, b, n_batch, n0, h, start, keep_hs, hs, readout, w2, b2, target,
-    grads, err, sq, se, seh,
-):  # fmt: skip
-    """`_elman_forward` (same arguments, same results bit for bit) in the unit-major layout
+def _elman_forward_wide(args):
+    """`_elman_forward` (the same record, the same results bit for bit) in the unit-major layout
     (u = j·N' + n'): the time-major chunk buffers hold unit j of the group's N' sequences
-    contiguously, and every loop of a step, of the input projection and of the read-out
-    (with its error sums, per sequence in time order) runs over those N' sequences, so LLVM
-    vectorizes it; x and the target are gathered once per chunk (`_gather`).
+    contiguously, and every loop of a step runs over those N' sequences, so LLVM vectorizes
+    it.
     """
+    h = args.h
     n_seq, n_hidden = h.shape
-    n_steps = x.shape[1] if project else a.shape[1]
+    n_steps = args.a.shape[1]
     units = n_seq * n_hidden
-    pv = np.empty(n_seq)  # float64 sums over the sequences: projection, read-out
     # wx[j, k, n'] = W_m[j, k] and bx[j·N' + n'] = b_m[j] in the storage type, as the
-    # arithmetic; the projection's and read-out's weights in float64, as their sums.
-    wx = _spread(w, n_batch, n0, n_seq, True, h)
-    bx = _spread(b.reshape(b.shape[0], b.shape[1], 1), n_batch, n0, n_seq, True, h).reshape(units)
-    _, bb = _seq_rows(n_batch, n0, n_seq)
+    # arithmetic.
+    wx = _spread(w=args.w, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=h)
+    b3 = args.b.reshape(args.b.shape[0], args.b.shape[1], 1)
+    bx = _spread(w=b3, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=h).reshape(units)
     wt = h.dtype  # arithmetic in the storage type
     one = _one(h)
     two = one + one
-    n_in = x.shape[2] if project else 0
-    n_out = w2.shape[1] if readout else 0
-    w1x = _spread(w1, n_batch, n0, n_seq, project, pv)
-    b1x = _spread(b1.reshape(b1.shape[0], b1.shape[1], 1), n_batch, n0, n_seq, project, pv)
-    w2x = _spread(w2, n_batch, n0, n_seq, readout, pv)
-    b2x = _spread(b2.reshape(b2.shape[0], b2.shape[1], 1), n_batch, n0, n_seq, readout, pv)
-    xg = np.empty((_CHUNK, n_in, n_seq))  # x at each sequence's row (`_gather`)
-    tg = np.empty((_CHUNK, n_out, n_seq))  # the target, likewise
-    ec = np.empty((_CHUNK, n_out, n_seq))  # the errors of a chunk
-    sqv = np.zeros(n_seq)
-    sev = np.zeros((n_out, n_seq))
-    sehv = np.zeros((n_out, n_hidden, n_seq))
     z = np.empty(units, dtype=wt)
     ac = np.empty((_CHUNK, units), dtype=wt)
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: before
@@ -328,25 +255,10 @@ def _elman_forward_wide(
             for u in range(units):
                 hc[0, u] = hc[last, u]
         last = t1 - t0
-        if project:  # ac[s, j·N'+n'] = b1 + W1 x_t, summed in float64 as l1 computes it
-            _gather(x, bb, t0, t1, True, xg)
-            for s in range(t1 - t0):
-                for j in range(n_hidden):
-                    for n in range(n_seq):
-                        pv[n] = b1x[j, 0, n]
-                    for i in range(n_in):
-                        wji = w1x[j, i]
-                        xi = xg[s, i]
-                        for n in range(n_seq):
-                            pv[n] += wji[n] * xi[n]
-                    row = ac[s, j * n_seq : (j + 1) * n_seq]
-                    for n in range(n_seq):
-                        row[n] = pv[n]
-        else:
-            _load_units(a, t0, t1, ac, 0)
+        _load_units(args.a, t0, t1, ac, 0)
         for t in range(t0, t1):
             s = t - t0
-            if t == 0 and start:
+            if t == 0 and args.start:
                 for u in range(units):
                     z[u] = ac[s, u]
             else:  # hr(h_{t-1}) = W h_{t-1} + b, then + l1(x_t), as the reference
@@ -364,82 +276,32 @@ def _elman_forward_wide(
                     z[u] += ac[s, u]
             for u in range(units):
                 hc[s + 1, u] = one - two / (_exp(two * z[u]) + one)
-        if keep_hs:
-            _store_units(hc, t0, t1, hs, 1)
-        if readout:
-            _gather(target, bb, t0, t1, True, tg)
-            for s in range(t1 - t0):
-                for o in range(n_out):
-                    for n in range(n_seq):
-                        pv[n] = b2x[o, 0, n]
-                    for k in range(n_hidden):
-                        wok = w2x[o, k]
-                        hk = hc[s + 1, k * n_seq : (k + 1) * n_seq]
-                        for n in range(n_seq):
-                            pv[n] += wok[n] * hk[n]
-                    eo = ec[s, o]
-                    to = tg[s, o]
-                    for n in range(n_seq):
-                        e = pv[n] - to[n]
-                        eo[n] = e
-                        sqv[n] += e * e
-                    if grads:
-                        so = sev[o]
-                        for n in range(n_seq):
-                            so[n] += eo[n]
-                        for k in range(n_hidden):
-                            sok = sehv[o, k]
-                            hk = hc[s + 1, k * n_seq : (k + 1) * n_seq]
-                            for n in range(n_seq):
-                                sok[n] += eo[n] * hk[n]
-            if grads:
-                for n in range(n_seq):
-                    for s in range(t1 - t0):
-                        for o in range(n_out):
-                            err[n, t0 + s, o] = ec[s, o, n]
+        _store_units(hc, t0, t1, args.hs, 1)
     for local in range(n_seq):
         for j in range(n_hidden):
             h[local, j] = hc[last, j * n_seq + local]
-        if readout:
-            sq[local] = sqv[local]
-            if grads:
-                for o in range(n_out):
-                    se[local, o] = sev[o, local]
-                    for k in range(n_hidden):
-                        seh[local, o, k] = sehv[o, k, local]
 
 
 @_njit
-def _elman_backward_wide(
-    dhs, readout, err, w2, scale, project, x, hs, w, n_batch, n0, da, lw, lb, lw1, lb1
-):
-    """`_elman_backward` (same arguments, same results bit for bit) in the unit-major layout,
-    as `_elman_forward_wide`: dL/dh from the read-out, the recurrent gradient sums, W^T dz
-    (no gathers: for each unit k a sum over j of contiguous runs) and the projection's sums
-    all run over the group's sequences per unit.
+def _elman_backward_wide(args):
+    """`_elman_backward` (the same record, the same results bit for bit) in the unit-major layout,
+    as `_elman_forward_wide`: the recurrent gradient sums and W^T dz (no gathers: for each
+    unit k a sum over j of contiguous runs) run over the group's sequences per unit.
     """
+    hs = args.hs
     n_seq, n_steps, n_hidden = hs.shape
-    wx = _spread(w, n_batch, n0, n_seq, True, hs)  # wx[j, k, n'] = W_m[j, k]
-    mb, bb = _seq_rows(n_batch, n0, n_seq)
+    wx = _spread(
+        w=args.w, n_batch=args.n_batch, n0=args.n0, n_seq=n_seq, like=hs
+    )  # [j, k, n']: W_m[j, k]
     units = n_seq * n_hidden
     wt = hs.dtype  # per-step arithmetic in the storage type; the sums in float64
     one = _one(hs)
-    n_in = x.shape[2] if project else 0
-    n_out = w2.shape[1] if readout else 0
-    sc = np.empty(n_seq)  # scale_m of each sequence
-    w2x = _spread(w2, n_batch, n0, n_seq, readout, sc)  # in float64
-    for local in range(n_seq if readout else 0):
-        sc[local] = scale[mb[local]]
     dwx = np.zeros((n_hidden, n_hidden, n_seq))  # Σ_t dz_j h_{t-1,k}: lw[n', j, k]
     dbx = np.zeros(units)
-    lw1v = np.zeros((n_hidden, n_in, n_seq))
-    lb1v = np.zeros((n_hidden, n_seq))
     dz = np.zeros(units, dtype=wt)
     carry = np.zeros(units, dtype=wt)  # W^T dz_{t+1}: the gradient reaching h_t through step t+1
     hc = np.empty((_CHUNK + 1, units), dtype=wt)  # row s + 1: h at step t0 + s; row 0: h_{t0-1}
     gc = np.empty((_CHUNK, units))  # dL/dhs of a chunk, float64
-    ec = np.empty((_CHUNK, n_out, n_seq))  # scale_m err of a chunk
-    xg = np.empty((_CHUNK, n_in, n_seq))
     dac = np.empty((_CHUNK, units), dtype=wt)
     t1 = n_steps
     while t1 > 0:
@@ -447,27 +309,10 @@ def _elman_backward_wide(
         _load_units(hs, t0, t1, hc, 1)
         if t0 > 0:
             _load_units(hs, t0 - 1, t0, hc, 0)
-        if readout:  # gc[s, j·N'+n'] = Σ_o scale_m err[n', t, o] W2_m[o, j]
-            _gather(err, np.arange(n_seq), t0, t1, True, ec)
-            for s in range(t1 - t0):
-                for o in range(n_out):
-                    eo = ec[s, o]
-                    for n in range(n_seq):
-                        eo[n] = sc[n] * eo[n]
-                for j in range(n_hidden):
-                    gj = gc[s, j * n_seq : (j + 1) * n_seq]
-                    for n in range(n_seq):
-                        gj[n] = 0.0
-                    for o in range(n_out):
-                        eo = ec[s, o]
-                        woj = w2x[o, j]
-                        for n in range(n_seq):
-                            gj[n] += eo[n] * woj[n]
-        else:
-            _load_units(dhs, t0, t1, gc, 0)
+        _load_units(args.dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
-            _dz_step(hc, gc, carry, s, one, dz, dac)
+            _dz_step(hc=hc, gc=gc, carry=carry, s=s, one=one, dz=dz, dac=dac)
             if t == 0:
                 break
             for u in range(units):
@@ -488,35 +333,17 @@ def _elman_backward_wide(
                     dzj = dz[j * n_seq : (j + 1) * n_seq]
                     for n in range(n_seq):
                         ck[n] += wjk[n] * dzj[n]
-        if project:  # Σ_t da_t x_tᵀ and Σ_t da_t, each sequence's sums in time order
-            _gather(x, bb, t0, t1, True, xg)
-            for s in range(t1 - t0):
-                for j in range(n_hidden):
-                    dj = dac[s, j * n_seq : (j + 1) * n_seq]
-                    bj = lb1v[j]
-                    for n in range(n_seq):
-                        bj[n] += dj[n]
-                    for i in range(n_in):
-                        wji = lw1v[j, i]
-                        xi = xg[s, i]
-                        for n in range(n_seq):
-                            wji[n] += np.float64(dj[n]) * xi[n]
-        else:
-            _store_units(dac, t0, t1, da, 0)
+        _store_units(dac, t0, t1, args.da, 0)
         t1 = t0
     for local in range(n_seq):
         for j in range(n_hidden):
-            lb[local, j] = dbx[j * n_seq + local]
+            args.lb[local, j] = dbx[j * n_seq + local]
             for k in range(n_hidden):
-                lw[local, j, k] = dwx[j, k, local]
-            for i in range(n_in):
-                lw1[local, j, i] = lw1v[j, i, local]
-            if project:
-                lb1[local, j] = lb1v[j, local]
+                args.lw[local, j, k] = dwx[j, k, local]
 
 
-# Measured per sequence-step on this project's 2-core machine (H = 2, float32; forward with
-# projection and read-out, backward with the read-out's and projection's gradients): the
+# Measured per sequence-step on this project's 2-core machine (H = 2, float32), when these
+# kernels also ran the input projection and the read-out (8b0bb75; removed since): the
 # unit-major forward is 1.2× slower than the sequence-major one at 6 sequences, 0.9× at 8
 # and 0.64× at 24; the backward 1.12× at 3, 0.87× at 6, 0.49× at 24.
 _WIDE_FORWARD = 8
@@ -524,12 +351,12 @@ _WIDE_BACKWARD = 6
 
 
 def forward_kernel(n_seq: int) -> Any:
-    """The forward kernel for a group of n_seq sequences (`_elman_forward`'s signature)."""
+    """The forward kernel for a group of n_seq sequences (takes an `ElmanForward`)."""
     return _elman_forward_wide if n_seq >= _WIDE_FORWARD else _elman_forward
 
 
 def backward_kernel(n_seq: int) -> Any:
-    """The backward kernel for a group of n_seq sequences (`_elman_backward`'s signature)."""
+    """The backward kernel for a group of n_seq sequences (takes an `ElmanBackward`)."""
     return _elman_backward_wide if n_seq >= _WIDE_BACKWARD else _elman_backward
 
 
@@ -545,13 +372,12 @@ def _forward_groups(
     an, wn, bn, hn, hsn = _np(a3), _np(weight), _np(bias), h.numpy(), hs.numpy()
     n_batch = a3.shape[0] // weight.shape[0]
 
-    unused = np.zeros((1, 1, 1))
-
-    def work(n0: int, n1: int) -> None:  # a given, all of hs kept, no read-out
-        forward_kernel(n1 - n0)(
-            an[n0:n1], False, an, wn, bn, wn, bn, n_batch, n0, hn[n0:n1], start, True,
-            hsn[n0:n1], False, wn, bn, an, False, unused, unused[0, 0], unused[0], unused,
+    def work(n0: int, n1: int) -> None:
+        call = ElmanForward(
+            a=an[n0:n1], w=wn, b=bn, n_batch=n_batch, n0=n0, h=hn[n0:n1], start=start,
+            hs=hsn[n0:n1],
         )  # fmt: skip
+        forward_kernel(n1 - n0)(call)
 
     run_groups(work, sequence_groups(a3.shape[0]))
 
@@ -593,13 +419,13 @@ class ElmanFunction(torch.autograd.Function):
         # Per-sequence gradient sums, filled by the groups, then added up per member.
         lw = np.empty((n_seq, *weight.shape[1:]))
         lb = np.empty((n_seq, weight.shape[1]))
-        unused = np.zeros((1, 1, 1))  # no read-out, no projection: from dhs to da
 
         def work(n0: int, n1: int) -> None:
-            backward_kernel(n1 - n0)(
-                dhn[n0:n1], False, unused, wn, unused[0, 0], False, dhn, hn[n0:n1], wn,
-                n_batch, n0, dan[n0:n1], lw[n0:n1], lb[n0:n1], unused, unused[0],
+            call = ElmanBackward(
+                dhs=dhn[n0:n1], hs=hn[n0:n1], w=wn, n_batch=n_batch, n0=n0, da=dan[n0:n1],
+                lw=lw[n0:n1], lb=lb[n0:n1],
             )  # fmt: skip
+            backward_kernel(n1 - n0)(call)
 
         run_groups(work, sequence_groups(n_seq))
         dw = reduce_members(lw, n_batch, weight)

@@ -15,6 +15,19 @@ from models.kernels.compile import _njit
 DTYPES = (torch.float32, torch.float64)
 
 
+class Record:
+    """A base for the namedtuples that carry a kernel call's arrays: built by keyword only,
+    so two arrays of one type cannot trade places unseen (positionally they would, and the
+    kernel would compile and run). numba takes a record as a namedtuple and the kernel reads
+    its fields by name. Use: `class Pass(Record, namedtuple("Pass", "a b"))` with
+    `__slots__ = ()`."""
+
+    __slots__ = ()
+
+    def __new__(cls, **fields: Any) -> Any:
+        return super().__new__(cls, **fields)  # type: ignore[call-arg]
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor, made contiguous first (numba compiles per layout)."""
     return t.detach().contiguous().numpy()
@@ -165,77 +178,33 @@ def reduce_members(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch
     """A tensor shaped and typed like `like` [K, …]: per-sequence sums [K·B, …] added up per
     member, in sequence order (so the result does not depend on how sequences were grouped)."""
     out = torch.empty(like.shape, dtype=like.dtype)
-    _reduce_lanes(lanes.reshape(lanes.shape[0], -1), n_batch, out.view(out.shape[0], -1).numpy())
+    _reduce_lanes(
+        lanes=lanes.reshape(lanes.shape[0], -1), n_batch=n_batch,
+        out=out.view(out.shape[0], -1).numpy(),
+    )  # fmt: skip
     return out
 
 
-# --- the read-out inside the recurrence kernels ----------------------------------------------
-# The networks' read-out y = W2 h + b2 and its squared error against the target are computed
-# per chunk of steps whose states are at hand (the Elman kernels, the validation passes), or
-# for the LSTM's training batch in one pass over its stored hs (measured faster there than
-# inside its step loop). The backward needs only the errors (dL/dh_t = scale_m · W2ᵀ err_t)
-# and two sums per sequence, Σ_t err_t and Σ_t err_t h_tᵀ, from which dW2 = scale_m Σ_t
-# err_t h_tᵀ and db2 = scale_m Σ_t err_t follow once the loss's weights (scale_m) are known.
+@_njit
+def _reduce_rows(lanes, n_batch, out):
+    """out[b, c] = Σ_m lanes[m·B + b, c] in member order: a row's gradient from the sequences
+    of every member that read it (lanes and out flattened to [sequences, c] and [rows, c])."""
+    n_members = lanes.shape[0] // n_batch
+    for bi in range(n_batch):
+        for c in range(out.shape[1]):
+            s = 0.0
+            for m in range(n_members):
+                s += lanes[m * n_batch + bi, c]
+            out[bi, c] = s
 
 
-@_njit(inline="always")
-def _seq_rows(n_batch, n0, n_seq):
-    """mb[n'] = member and bb[n'] = row of x of local sequence n' (sequence n0 + n')."""
-    mb = np.empty(n_seq, dtype=np.int64)
-    bb = np.empty(n_seq, dtype=np.int64)
-    for local in range(n_seq):
-        mb[local] = (n0 + local) // n_batch
-        bb[local] = (n0 + local) % n_batch
-    return mb, bb
-
-
-@_njit(inline="always")
-def _h_at(h3, time_major, n, t, t0, k):
-    """State k of local sequence n at step t from h3[s, n, k] (time-major, s = t - t0) or
-    from h3[n, t, k]."""
-    return h3[t - t0, n, k] if time_major else h3[n, t, k]
-
-
-@_njit(inline="always")
-def _readout_chunk(h3, time_major, t0, t1, mb, bb, w2, b2, target, grads, err, sq, se, seh):
-    """The read-out of steps t0 … t1-1 of every local sequence n from its states (`_h_at`),
-    in float64: e = W2_m h + b2_m - target[row, t]; sq[n] += e²; with `grads` also
-    err[n, t] = e, se[n] += e and seh[n, o, k] += e h_k (the sums the backward pass
-    scales). Each sequence's sums run in time order."""
-    n_hidden = w2.shape[2]
-    for n in range(mb.shape[0]):
-        m = mb[n]
-        bi = bb[n]
-        acc = sq[n]
-        for t in range(t0, t1):
-            for o in range(w2.shape[1]):
-                y = np.float64(b2[m, o])
-                for k in range(n_hidden):
-                    y += np.float64(w2[m, o, k]) * _h_at(h3, time_major, n, t, t0, k)
-                e = y - target[bi, t, o]
-                acc += e * e
-                if grads:
-                    err[n, t, o] = e
-                    se[n, o] += e
-                    for k in range(n_hidden):
-                        seh[n, o, k] += e * _h_at(h3, time_major, n, t, t0, k)
-        sq[n] = acc
-
-
-@_njit(inline="always")
-def _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3):
-    """gc3[s, n, j] (float64) = dL/dh of unit j of local sequence n at step t0 + s, for
-    t0 ≤ t < t1: with `readout` the read-out's Σ_o scale_m err[n, t, o] W2_m[o, j], else
-    dhs[n, t, j]. (The one not used may be any array of its type.) gc3 is a [s, n, j] view
-    of the kernel's own time-major chunk buffer, whatever its layout of the units."""
-    for n in range(mb.shape[0]):
-        for s in range(t1 - t0):
-            for j in range(n_hidden):
-                gc3[s, n, j] = 0.0 if readout else dhs[n, t0 + s, j]
-        if readout:
-            m = mb[n]
-            for o in range(w2.shape[1]):
-                for s in range(t1 - t0):
-                    e = scale[m] * err[n, t0 + s, o]
-                    for j in range(n_hidden):
-                        gc3[s, n, j] += e * np.float64(w2[m, o, j])
+def reduce_rows(lanes: np.ndarray, n_batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped and typed like `like` [B, …]: per-sequence sums [K·B, …] added up per
+    row of the batch, in member order (so the result does not depend on how sequences were
+    grouped), then rounded once to like's type."""
+    out = torch.empty(like.shape, dtype=like.dtype)
+    _reduce_rows(
+        lanes=lanes.reshape(lanes.shape[0], -1), n_batch=n_batch,
+        out=out.view(out.shape[0], -1).numpy(),
+    )  # fmt: skip
+    return out

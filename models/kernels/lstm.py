@@ -14,6 +14,7 @@ batch or the population, so results depend on neither.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,50 @@ from torch.autograd.function import once_differentiable
 from models.kernels.compile import _exp, _njit, _one
 from models.kernels.glue import (
     _CHUNK,
+    Record,
     _check,
-    _dh_chunk,
+    _load_units,
     _np,
-    _readout_chunk,
-    _seq_rows,
     reduce_members,
+    reduce_rows,
     run_groups,
     sequence_groups,
 )
+
+
+class LSTMTraining(Record, namedtuple("LSTMTraining", "x w_ih w_hh b_ih b_hh n0 hs cs tcs gates")):
+    """`_lstm_forward_train`'s arguments: sequences n0 … n0+N'-1 (sequence n = m·B + b:
+    member m on row b of x[B,T,I]) with the members' weights w_ih[K,G,I], w_hh[K,G,H],
+    b_ih[K,G], b_hh[K,G], from zero state; out: their states hs[N',T,H] and, for the
+    backward pass, the activated gates[T,4P] (layout of `_lstm_setup`), the cells cs[T,P]
+    and tcs = tanh(cs)."""
+
+    __slots__ = ()
+
+
+class LSTMInference(Record, namedtuple("LSTMInference", "x w_ih w_hh b_ih b_hh n0 h c hs")):
+    """`_lstm_forward_infer`'s arguments: `LSTMTraining`'s sequences and weights; h[N',H]
+    and c[N',H] carry their state in and out, hs[N',T,H] gets their states."""
+
+    __slots__ = ()
+
+
+class LSTMBackward(
+    Record,
+    namedtuple("LSTMBackward", "dhs x hs cs tcs gates w_ih w_hh n0 lx lw_ih lw_hh lb"),
+):
+    """`_lstm_backward`'s arguments: dL/dhs[N',T,H] of `LSTMTraining`'s sequences, their x,
+    hs, cs, tcs, gates and weights w_ih, w_hh; out, per sequence and in float64: dL/dx_t in
+    lx[N',T,I] (no rows when x needs no gradient) and the gradient sums lw_ih[N',G,I],
+    lw_hh[N',G,H], lb[N',G]."""
+
+    __slots__ = ()
+
+
+# A pass's constants over the flat gate vector (`_lstm_setup`) and a forward pass's step
+# buffers (`_lstm_buffers`), built in compiled code.
+_Layout = namedtuple("_Layout", "wix whx biasx scale xb sb")
+_Steps = namedtuple("_Steps", "st z xr xe he")
 
 
 @_njit(inline="always")
@@ -73,7 +109,7 @@ def _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq):
                 sb[q] = local
         if gate == 2:
             scale[2 * units : 3 * units] = 2.0
-    return wix, whx, biasx, scale, xb, sb
+    return _Layout(wix=wix, whx=whx, biasx=biasx, scale=scale, xb=xb, sb=sb)
 
 
 @_njit(inline="always")
@@ -87,7 +123,7 @@ def _lstm_buffers(n_batch, n_input, n_hidden, units, like):
     xr = np.zeros((n_batch, n_input), dtype=wt)
     xe = np.zeros((n_input, units), dtype=wt)
     he = np.zeros((n_hidden, units), dtype=wt)
-    return st, z, xr, xe, he
+    return _Steps(st=st, z=z, xr=xr, xe=xe, he=he)
 
 
 @_njit(inline="always")
@@ -143,9 +179,10 @@ _WIDE_UNITS = 6
 
 
 @_njit(inline="always")
-def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
-    """Step t for the whole population in place: z[4P] ← the activated gates (layout of
-    `_lstm_setup`), st[0] = c, st[1] = tanh(c), st[2] = h [P] ← step t's from step t-1's.
+def _lstm_step(x, t, layout, steps):
+    """Step t for the whole population in place, with the pass's `_Layout` and `_Steps`:
+    z[4P] ← the activated gates (layout of `_lstm_setup`), st[0] = c, st[1] = tanh(c),
+    st[2] = h [P] ← step t's from step t-1's.
 
     Shapes the compiler vectorizes: every loop is flat, with the input or hidden index
     outside it. With few units (P ≤ _WIDE_UNITS) over the 4P lanes, gathering x_t (its rows
@@ -154,6 +191,9 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
     repeated over its units. The cell update reads z and writes one state array only. Per lane the
     sums run bias, x terms, h terms either way.
     """
+    wix, whx, biasx, scale = layout.wix, layout.whx, layout.biasx, layout.scale
+    xb, sb = layout.xb, layout.sb
+    st, z, xr, xe, he = steps.st, steps.z, steps.xr, steps.xe, steps.he
     units = st.shape[1]
     n_hidden = he.shape[0]
     n_seq = units // n_hidden
@@ -162,7 +202,7 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
     for q in range(z.shape[0]):
         z[q] = biasx[q]
     if units > _WIDE_UNITS:
-        _rows(x, t, xb, n_seq, xe)
+        _rows(x=x, t=t, xb=xb, n_seq=n_seq, xe=xe)
         for gate in range(4):
             base = gate * units
             for k in range(xe.shape[0]):
@@ -195,44 +235,54 @@ def _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he):
 
 
 @_njit
-def _lstm_forward_train(x, w_ih, w_hh, b_ih, b_hh, n0, hs, cs, tcs, gates):
-    """hs[N',T,H] of sequences n0 … n0+N'-1 (sequence n = m·B + b: member m on row b of
-    x[B,T,I]) from zero initial state; keeps, for the backward pass, the activated
-    gates[T, 4P] (layout of `_lstm_setup`), cs[T, P] and tcs = tanh(cs)."""
+def _lstm_forward_train(args):
+    """The forward pass of an `LSTMTraining`'s sequences, keeping what the backward needs."""
+    x, hs = args.x, args.hs
     n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
+    layout = _lstm_setup(
+        w_ih=args.w_ih, w_hh=args.w_hh, b_ih=args.b_ih, b_hh=args.b_hh, n_batch=n_batch,
+        n0=args.n0, n_seq=n_seq,
+    )  # fmt: skip
     units = n_seq * n_hidden
-    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, hs)  # in hs's type
+    steps = _lstm_buffers(  # in hs's type
+        n_batch=n_batch, n_input=n_input, n_hidden=n_hidden, units=units, like=hs
+    )
+    st, z = steps.st, steps.z
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
+        _lstm_step(x, t, layout, steps)
         for q in range(4 * units):
-            gates[t, q] = z[q]
+            args.gates[t, q] = z[q]
         for p in range(units):
-            cs[t, p] = st[0, p]
-            tcs[t, p] = st[1, p]
+            args.cs[t, p] = st[0, p]
+            args.tcs[t, p] = st[1, p]
         for n in range(n_seq):
             for j in range(n_hidden):
                 hs[n, t, j] = st[2, j * n_seq + n]
 
 
 @_njit
-def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
-    """hs[N',T,H] of sequences n0 … n0+N'-1 from x[B,T,I]; h_io[N',H] and c_io[N',H] carry
-    their state in and out. Stores no gates or cells: memory is hs plus O(N'·G).
+def _lstm_forward_infer(args):
+    """The forward pass of an `LSTMInference`'s sequences from args.h and args.c, which get
+    their final state. Stores no gates or cells: memory is hs plus O(N'·G).
     """
+    x, hs, h_io, c_io = args.x, args.hs, args.h, args.c
     n_batch, n_steps, n_input = x.shape
     n_seq, _, n_hidden = hs.shape
-    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
+    layout = _lstm_setup(
+        w_ih=args.w_ih, w_hh=args.w_hh, b_ih=args.b_ih, b_hh=args.b_hh, n_batch=n_batch,
+        n0=args.n0, n_seq=n_seq,
+    )  # fmt: skip
     units = n_seq * n_hidden
-    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, hs)
+    steps = _lstm_buffers(n_batch=n_batch, n_input=n_input, n_hidden=n_hidden, units=units, like=hs)
+    st = steps.st
     for n in range(n_seq):
         for j in range(n_hidden):
             st[2, j * n_seq + n] = h_io[n, j]
             st[0, j * n_seq + n] = c_io[n, j]
-    _expand_units(st[2], n_seq, he)
+    _expand_units(st[2], n_seq, steps.he)
     for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
+        _lstm_step(x, t, layout, steps)
         for n in range(n_seq):
             for j in range(n_hidden):
                 hs[n, t, j] = st[2, j * n_seq + n]
@@ -240,29 +290,6 @@ def _lstm_forward_infer(x, w_ih, w_hh, b_ih, b_hh, n0, h_io, c_io, hs):
         for j in range(n_hidden):
             h_io[n, j] = st[2, j * n_seq + n]
             c_io[n, j] = st[0, j * n_seq + n]
-
-
-@_njit
-def _lstm_sse(x, w_ih, w_hh, b_ih, b_hh, n0, n_seq, w2, b2, target, sq):
-    """sq[N'] = each of sequences n0 … n0+N'-1's sum of squared read-out errors (float64),
-    from zero initial state: the forward pass and the read-out, keeping no states at all."""
-    n_batch, n_steps, n_input = x.shape
-    n_hidden = w_hh.shape[2]
-    wix, whx, biasx, scale, xb, sb = _lstm_setup(w_ih, w_hh, b_ih, b_hh, n_batch, n0, n_seq)
-    mb, bb = _seq_rows(n_batch, n0, n_seq)
-    units = n_seq * n_hidden
-    st, z, xr, xe, he = _lstm_buffers(n_batch, n_input, n_hidden, units, w_hh)
-    hc = np.zeros((_CHUNK, units), dtype=w_hh.dtype)  # h of the steps since the last read-out
-    u = np.zeros((1, 1, 1))  # the errors and their sums are not kept
-    sq[:] = 0.0
-    for t in range(n_steps):
-        _lstm_step(x, t, wix, whx, biasx, scale, xb, sb, st, z, xr, xe, he)
-        t0 = t - t % _CHUNK
-        for p in range(units):
-            hc[t - t0, p] = st[2, p]
-        if t + 1 - t0 == _CHUNK or t + 1 == n_steps:
-            hc3 = np.transpose(hc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', k]
-            _readout_chunk(hc3, True, t0, t + 1, mb, bb, w2, b2, target, False, u, sq, u[0], u)
 
 
 @_njit(inline="always")
@@ -284,16 +311,10 @@ def _dh_rotated(w, dz, dh, p0, p1, off, first):
 
 
 @_njit
-def _lstm_backward(
-    dhs, readout, err, w2, scale, x, hs, cs, tcs, gates, w_ih, w_hh, n0, want_dx, dx, lw_ih,
-    lw_hh, lb,
-):  # fmt: skip
-    """BPTT of sequences n0 … n0+N'-1 from dL/dhs[N',T,H] (with `readout` from the read-out's
-    errors instead, dL/dh_t = scale_m W2ᵀ err_t, `glue._dh_chunk`; the unused one may be
-    any array of its type): dx[B,T,I] (when want_dx: their
-    contribution, summed over the members that share a row of x), and per sequence the
-    gradient sums lw_ih[N',G,I], lw_hh[N',G,H], lb[N',G] (`_lstm_reduce` adds up each
-    member's sequences).
+def _lstm_backward(args):
+    """BPTT of an `LSTMBackward`'s sequences from dL/dhs: per sequence dL/dx_t (when lx has
+    rows; `glue.reduce_rows` adds up the sequences that read a row of x) and the weights'
+    gradient sums (`glue.reduce_members` adds up each member's sequences).
 
     gates, cs, tcs as `_lstm_forward_train` keeps them. With c_t = f c_{t-1} + i g and
     h_t = o tanh(c_t), walking back in time:
@@ -302,23 +323,29 @@ def _lstm_backward(
     dx_t = W_ih^T dz_t, dW_ih += dz_t x_t^T, db += dz_t, dW_hh += dz_t h_{t-1}^T.
     Sums are kept per lane (gate, sequence, unit) in float64.
     """
+    dhs, x, hs, cs, tcs, gates = args.dhs, args.x, args.hs, args.cs, args.tcs, args.gates
+    lx = args.lx
+    want_dx = lx.shape[0] > 0
     n_seq, n_steps, n_hidden = hs.shape
     n_batch = x.shape[0]
-    n_input = w_ih.shape[2]
+    n_input = args.w_ih.shape[2]
     units = n_seq * n_hidden
     # (the biases do not enter the backward pass: any [K, G] array stands in for them)
-    b_any = w_ih[:, :, 0]
-    wix, _, _, _, xb, sb = _lstm_setup(w_ih, w_hh, b_any, b_any, n_batch, n0, n_seq)
+    b_any = args.w_ih[:, :, 0]
+    layout = _lstm_setup(
+        w_ih=args.w_ih, w_hh=args.w_hh, b_ih=b_any, b_hh=b_any, n_batch=n_batch, n0=args.n0,
+        n_seq=n_seq,
+    )  # fmt: skip
+    wix, xb, sb = layout.wix, layout.xb, layout.sb
     wide = units > _WIDE_UNITS
     dwix = np.zeros((n_input, 4 * units))
     dwhx = np.zeros((n_hidden, 4 * units))
     dbx = np.zeros(4 * units)
     # Per-step arithmetic in the storage type, as the forward pass; the sums over time
-    # (dwix, dwhx, dbx, and dx's per step) in float64.
+    # (dwix, dwhx, dbx) and dx's over the gates in float64.
     wt = hs.dtype
     one = _one(hs)
     dz = np.zeros(4 * units, dtype=wt)
-    dxt = np.zeros((n_batch, n_input))
     dh = np.zeros(units, dtype=wt)  # dL/dh_t: dhs_t + W_hh^T dz_{t+1}
     dc_carry = np.zeros(units, dtype=wt)  # dL/dc_t through c_{t+1} = f_{t+1} c_t + ...
     dcv = np.zeros(units, dtype=wt)  # dL/dc_t
@@ -328,14 +355,12 @@ def _lstm_backward(
     xe = np.zeros((n_input, units), dtype=wt)
     he = np.zeros((n_hidden, units), dtype=wt)
     hprev = np.zeros(units, dtype=wt)
-    mb, _ = _seq_rows(n_batch, n0, n_seq)
-    whr = _lstm_dh_setup(w_hh, n_batch, n0, n_seq)
-    gc = np.zeros((_CHUNK, units))  # dL/dh_t from the read-out (or dhs), a chunk of steps
-    gc3 = np.transpose(gc.reshape(_CHUNK, n_hidden, n_seq), (0, 2, 1))  # [s, n', j]
+    whr = _lstm_dh_setup(w_hh=args.w_hh, n_batch=n_batch, n0=args.n0, n_seq=n_seq)
+    gc = np.zeros((_CHUNK, units))  # dL/dhs_t of a chunk of steps, float64
     t1 = n_steps
     while t1 > 0:  # time backwards, in chunks
         t0 = max(0, t1 - _CHUNK)
-        _dh_chunk(readout, dhs, err, w2, scale, mb, t0, t1, n_hidden, gc3)
+        _load_units(dhs, t0, t1, gc, 0)
         for t in range(t1 - 1, t0 - 1, -1):
             s = t - t0
             if wide:
@@ -385,7 +410,7 @@ def _lstm_backward(
             for q in range(4 * units):
                 dbx[q] += dz[q]
             if wide:
-                _rows(x, t, xb, n_seq, xe)
+                _rows(x=x, t=t, xb=xb, n_seq=n_seq, xe=xe)
                 for gate in range(4):
                     base = gate * units
                     for k in range(n_input):
@@ -399,19 +424,14 @@ def _lstm_backward(
                     for q in range(4 * units):
                         dwix[k, q] += dz[q] * xr[xb[q], k]
             if want_dx:
-                dxt[:] = 0.0
                 for n in range(n_seq):
-                    bi = (n0 + n) % n_batch
                     for k in range(n_input):
                         sx = 0.0
                         for gate in range(4):
                             for j in range(n_hidden):
                                 q = gate * units + j * n_seq + n
                                 sx += wix[k, q] * dz[q]
-                        dxt[bi, k] += sx
-                for bi in range(n_batch):
-                    for k in range(n_input):
-                        dx[bi, t, k] = dxt[bi, k]
+                        lx[n, t, k] = sx
             if t == 0:
                 break  # h_{-1} = 0: step 0 adds nothing to dW_hh and reaches nothing earlier
             if wide:
@@ -434,22 +454,25 @@ def _lstm_backward(
             # dh[p] = Σ_r Σ_gate whr[r, gate·P + p] dz[gate·P + (p + r·N') mod P]
             # (`_lstm_dh_setup`): per r, flat loops over the units, the same sums whatever
             # the path above.
-            _dh_rotated(whr[0], dz, dh, 0, units, 0, True)
+            _dh_rotated(w=whr[0], dz=dz, dh=dh, p0=0, p1=units, off=0, first=True)
             for r in range(1, n_hidden):
                 shift = r * n_seq
-                _dh_rotated(whr[r], dz, dh, 0, units - shift, shift, False)
-                _dh_rotated(whr[r], dz, dh, units - shift, units, shift - units, False)
+                w = whr[r]
+                _dh_rotated(w=w, dz=dz, dh=dh, p0=0, p1=units - shift, off=shift, first=False)
+                _dh_rotated(
+                    w=w, dz=dz, dh=dh, p0=units - shift, p1=units, off=shift - units, first=False
+                )
         t1 = t0
     for n in range(n_seq):
         for gate in range(4):
             for j in range(n_hidden):
                 q = gate * units + j * n_seq + n
                 r = gate * n_hidden + j
-                lb[n, r] = dbx[q]
+                args.lb[n, r] = dbx[q]
                 for k in range(n_input):
-                    lw_ih[n, r, k] = dwix[k, q]
+                    args.lw_ih[n, r, k] = dwix[k, q]
                 for k in range(n_hidden):
-                    lw_hh[n, r, k] = dwhx[k, q]
+                    args.lw_hh[n, r, k] = dwhx[k, q]
 
 
 def bias_like(weight_hh: torch.Tensor) -> torch.Tensor:
@@ -482,8 +505,9 @@ class LSTMFunction(torch.autograd.Function):
     """hs[K,B,T,H] = LSTMs of (x, weight_ih, weight_hh, bias_ih, bias_hh); see `lstm_population`.
 
     The K·B sequences run in groups, one per thread (`glue.set_threads`), each group with its
-    own saved gates and cells; gradients are summed per sequence, then per member in
-    sequence order, so the result is the same bit for bit whatever the number of groups.
+    own saved gates and cells; gradients are summed per sequence, then in sequence order per
+    member (the weights') or per row of x (the input's, over the members that read it), so
+    the result is the same bit for bit whatever the number of groups.
     """
 
     @staticmethod
@@ -499,7 +523,7 @@ class LSTMFunction(torch.autograd.Function):
         n_members, _, n_hidden = weight_hh.shape
         hs = torch.empty(n_members * n_batch, n_steps, n_hidden, dtype=x.dtype)
         x, weight_ih, weight_hh = x.contiguous(), weight_ih.contiguous(), weight_hh.contiguous()
-        w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
+        w_ih, w_hh, b_ih, b_hh = (_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh))
         xn, hn = _np(x), hs.numpy()
         groups = sequence_groups(n_members * n_batch)
         saved: dict[tuple[int, int], list[torch.Tensor]] = {}
@@ -509,7 +533,11 @@ class LSTMFunction(torch.autograd.Function):
             cs = torch.empty(n_steps, units, dtype=x.dtype)
             tcs = torch.empty_like(cs)
             gates = torch.empty(n_steps, 4 * units, dtype=x.dtype)
-            _lstm_forward_train(xn, *w, n0, hn[n0:n1], cs.numpy(), tcs.numpy(), gates.numpy())
+            call = LSTMTraining(
+                x=xn, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, n0=n0, hs=hn[n0:n1],
+                cs=cs.numpy(), tcs=tcs.numpy(), gates=gates.numpy(),
+            )  # fmt: skip
+            _lstm_forward_train(call)
             saved[(n0, n1)] = [cs, tcs, gates]
 
         run_groups(work, groups)
@@ -525,49 +553,31 @@ class LSTMFunction(torch.autograd.Function):
         groups = ctx.groups
         n_seq = hs.shape[0]
         want_dx = bool(ctx.needs_input_grad[0])
-        # Per-sequence gradient sums, filled by the groups, then added up per member.
+        # Per-sequence gradient sums, filled by the groups, then added up per member (dx: per
+        # row of x).
         lw_ih = np.empty((n_seq, *weight_ih.shape[1:]))
         lw_hh = np.empty((n_seq, *weight_hh.shape[1:]))
         lb = np.empty((n_seq, weight_hh.shape[1]))
-        dxs = [torch.empty(x.shape if want_dx else (1, 1, 1), dtype=x.dtype) for _ in groups]
+        lx = np.empty((n_seq if want_dx else 0, *x.shape[1:]))
         dhn, xn, hn = _np(dhs.reshape(hs.shape)), _np(x), _np(hs)
         wih, whh = _np(weight_ih), _np(weight_hh)
-        unused = np.zeros((1, 1, 1))  # no read-out: the backward starts from dhs
 
         def work(n0: int, n1: int) -> None:
             i = groups.index((n0, n1))
             cs, tcs, gates = per_group[3 * i : 3 * i + 3]
-            _lstm_backward(
-                dhn[n0:n1],
-                False,
-                unused,
-                wih,
-                unused[0, 0],
-                xn,
-                hn[n0:n1],
-                _np(cs),
-                _np(tcs),
-                _np(gates),
-                wih,
-                whh,
-                n0,
-                want_dx,
-                dxs[i].numpy(),
-                lw_ih[n0:n1],
-                lw_hh[n0:n1],
-                lb[n0:n1],
-            )
+            call = LSTMBackward(
+                dhs=dhn[n0:n1], x=xn, hs=hn[n0:n1], cs=_np(cs), tcs=_np(tcs), gates=_np(gates),
+                w_ih=wih, w_hh=whh, n0=n0, lx=lx[n0:n1], lw_ih=lw_ih[n0:n1],
+                lw_hh=lw_hh[n0:n1], lb=lb[n0:n1],
+            )  # fmt: skip
+            _lstm_backward(call)
 
         run_groups(work, groups)
         n_batch = x.shape[0]
         dw_ih = reduce_members(lw_ih, n_batch, weight_ih)
         dw_hh = reduce_members(lw_hh, n_batch, weight_hh)
         db = reduce_members(lb, n_batch, bias_like(weight_hh))
-        dx = None
-        if want_dx:  # the groups share x: their contributions add up, in a fixed order
-            dx = dxs[0]
-            for part in dxs[1:]:
-                dx = dx + part
+        dx = reduce_rows(lx, n_batch, x) if want_dx else None
         # b_ih and b_hh enter every gate as a sum: the same gradient, as separate tensors
         # (one shared tensor could end up as both parameters' .grad and be accumulated twice).
         return dx, dw_ih, dw_hh, db, db.clone()
@@ -630,12 +640,16 @@ def lstm_population_inference(
             raise ValueError(f"{name} must be contiguous: it is updated in place")
     n_seq = n_members * n_batch
     hs = torch.empty(n_seq, x.shape[1], n_hidden, dtype=x.dtype)
-    w = [_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh)]
+    w_ih, w_hh, b_ih, b_hh = (_np(t) for t in (weight_ih, weight_hh, bias_ih, bias_hh))
     xn, hn = _np(x), hs.numpy()
     hv, cv = h.view(n_seq, n_hidden).numpy(), c.view(n_seq, n_hidden).numpy()
 
     def work(n0: int, n1: int) -> None:
-        _lstm_forward_infer(xn, *w, n0, hv[n0:n1], cv[n0:n1], hn[n0:n1])
+        call = LSTMInference(
+            x=xn, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, n0=n0, h=hv[n0:n1], c=cv[n0:n1],
+            hs=hn[n0:n1],
+        )  # fmt: skip
+        _lstm_forward_infer(call)
 
     run_groups(work, sequence_groups(n_seq))
     return hs.view(n_members, n_batch, x.shape[1], n_hidden)

@@ -32,11 +32,13 @@ kernels, why, and the size of the change against the old file):
 Machines. The kernels use no fast-math flags and no reductions whose order depends on the
 vector width (`simd.vsum` sums its lanes in a fixed order, `vfma` is LLVM's fused
 multiply-add on every target, and without fast-math LLVM neither reassociates nor contracts
-the scalar loops it vectorizes), so the bits should not depend on the CPU's vector
-extensions. What can legitimately differ is the environment: another libm (Adam's bias
-corrections use Python's float power), another numba or LLVM (a changed lowering, a code
-generator bug). The file records the environment it was made in; a mismatch fails either
-way, and its message says what differs between that environment and this one.
+the scalar loops it vectorizes), so the bits do not depend on the CPU's vector extensions:
+the file, made on an AVX-512 machine, passed with the kernels compiled for other targets
+(NUMBA_CPU_NAME=haswell: AVX2; skylake-avx512; x86-64: SSE2, no FMA unit). So the test
+compares on every machine, and fails on any difference. What can legitimately differ is the
+environment: another libm (Adam's bias corrections use Python's float power), another numba
+or LLVM (a changed lowering, a code generator bug). The file records the environment it was
+made in, and a failure's message says what differs between that environment and this one.
 """
 
 from __future__ import annotations
@@ -230,6 +232,10 @@ FUSED_CASES = [
     ("elman", F32, 3, 4, 100, 9, 4, 0.0, False),
     ("elman", F64, 8, 3, 1, 3, 3, 1.0, True),
     ("elman", F32, 8, 9, 100, 2, 3, 0.0, True),
+    # float64 through time (added after a perturbation of the lanes backward's dL/dh sum
+    # left the float64 cases above, of one step, unchanged)
+    ("lstm", F64, 3, 4, 100, 3, 2, 0.0, False),
+    ("elman", F64, 3, 4, 100, 3, 2, 0.5, True),
 ]
 N_IN, N_OUT = 2, 1
 
@@ -282,7 +288,7 @@ def _fused_case(layout: str, case: tuple[Any, ...], seed: int, parts: int) -> Ar
     params = lanes.Params(*(p.copy() for p in net.params))
     moments1 = lanes.Params(*(m.copy() for m in net.moments1))
     moments2 = lanes.Params(*(m.copy() for m in net.moments2))
-    hp = lanes.AdamConfig(0.03, 0.9, 0.999, 1e-8, clip)
+    hp = lanes.AdamConfig(lr=0.03, beta1=0.9, beta2=0.999, eps=1e-8, clip=clip)
     losses = np.zeros(k)
     epoch = module.lstm_epoch if lstm else module.elman_epoch
     for m0, m1 in ranges:
@@ -290,11 +296,14 @@ def _fused_case(layout: str, case: tuple[Any, ...], seed: int, parts: int) -> Ar
             data = lanes.make_data(x, target, batch, m1 - m0, budget)
             groups = -(-(m1 - m0) * min(batch, n) // lanes.L)
             ws = lanes.workspace(code, N_IN, h, N_OUT, groups, t, dtype)
-            epoch(shape, data, m0, m1, params, moments1, moments2, net.steps, hp, used, ws, losses)
+            epoch(shape=shape, data=data, m0=m0, m1=m1, params=params, moments1=moments1,
+                  moments2=moments2, steps=net.steps, hp=hp, used=used, ws=ws,
+                  losses=losses)  # fmt: skip
         else:
             ws = rows.workspace(code, N_IN, h, N_OUT, min(batch, n), t, dtype)
-            epoch(shape, x, target, batch, m0, m1, params, moments1, moments2, net.steps, hp,
-                  used, ws, losses)  # fmt: skip
+            epoch(shape=shape, x=x, target=target, batch_size=batch, m0=m0, m1=m1,
+                  params=params, moments1=moments1, moments2=moments2, steps=net.steps, hp=hp,
+                  used=used, ws=ws, losses=losses)  # fmt: skip
     for i in range(6):
         out[f"epoch_param{i}"] = params[i]
         out[f"epoch_moment1_{i}"] = moments1[i]
@@ -309,13 +318,15 @@ def _fused_case(layout: str, case: tuple[Any, ...], seed: int, parts: int) -> Ar
         data = lanes.make_data(x, target, n, k, budget)
         ws = lanes.workspace(code, N_IN, h, N_OUT, -(-k * n // lanes.L), t, dtype)
         (lanes.lstm_grads if lstm else lanes.elman_grads)(
-            shape, data, 0, k, start, used, ws, losses, grads
-        )
+            shape=shape, data=data, m0=0, m1=k, params=start, used=used, ws=ws, losses=losses,
+            grads=grads,
+        )  # fmt: skip
     else:
         ws = rows.workspace(code, N_IN, h, N_OUT, n, t, dtype)
         (rows.lstm_grads if lstm else rows.elman_grads)(
-            shape, x, target, 0, k, start, used, ws, losses, grads
-        )
+            shape=shape, x=x, target=target, m0=0, m1=k, params=start, used=used, ws=ws,
+            losses=losses, grads=grads,
+        )  # fmt: skip
     for i in range(6):
         out[f"grads_{i}"] = grads[i]
     out["grads_losses"] = losses
@@ -326,10 +337,14 @@ def _fused_case(layout: str, case: tuple[Any, ...], seed: int, parts: int) -> Ar
         if layout == "lanes":
             data = lanes.make_data(xv, tv, 2, m1 - m0, budget)
             ws = lanes.workspace(code, N_IN, h, N_OUT, -(-(m1 - m0) * 2 // lanes.L), 2, dtype)
-            (lanes.lstm_sse if lstm else lanes.elman_sse)(shape, data, m0, m1, start, ws, sse)
+            (lanes.lstm_sse if lstm else lanes.elman_sse)(
+                shape=shape, data=data, m0=m0, m1=m1, params=start, ws=ws, out=sse
+            )
         else:
             ws = rows.workspace(code, N_IN, h, N_OUT, 2, 2, dtype)
-            (rows.lstm_sse if lstm else rows.elman_sse)(shape, xv, tv, m0, m1, start, ws, sse)
+            (rows.lstm_sse if lstm else rows.elman_sse)(
+                shape=shape, x=xv, target=tv, m0=m0, m1=m1, params=start, ws=ws, out=sse
+            )
     out["sse"] = sse
 
     if layout == "lanes":  # prediction: each member's network alone, packed inputs or not
