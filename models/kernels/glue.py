@@ -25,7 +25,7 @@ class Record:
     __slots__ = ()
 
     def __new__(cls, **fields: Any) -> Any:
-        return super().__new__(cls, **fields)  # type: ignore[call-arg]
+        return super().__new__(cls, **fields)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
