@@ -17,12 +17,17 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, dispatch, lifecycle, limits, metrics, openapi, problems, security
+from service import __version__, health, limits, metrics, openapi, problems, security
 from service import db as database
-from service.inference import ModelCache
-from service.routes import compare, health, plots, predict, runs, sweeps
+from service.predict import endpoints as predict
+from service.predict.inference import ModelCache
+from service.queue import celery as dispatch
+from service.queue import lifecycle
+from service.queue.workers import WorkerPool, local_worker_is_dead, warm_up_models
+from service.reports import endpoints as reports
+from service.runs import endpoints as runs
 from service.settings import Settings, get_settings
-from service.workers import WorkerPool, local_worker_is_dead, warm_up_models
+from service.sweeps import endpoints as sweeps
 
 log = logging.getLogger("rnnlab.api")
 DOCS_ASSETS = "/docs-assets"
@@ -140,8 +145,8 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
     app.include_router(runs.router)
     app.include_router(sweeps.router)
     app.include_router(predict.router)
-    app.include_router(plots.router)
-    app.include_router(compare.router)
+    app.include_router(reports.router)
+    app.include_router(reports.compare_router)
     app.include_router(health.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

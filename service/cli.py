@@ -38,13 +38,13 @@ def serve(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     from service import db as database
     from service import metrics
-    from service.workers import Worker, configure_threads
+    from service.queue.workers import Worker, configure_threads
 
     settings = get_settings()
     _logging(settings)
     metrics.init(settings, owner=False)
     if settings.queue == "celery":
-        from service import dispatch
+        from service.queue import celery as dispatch
 
         db = database.Database(settings)
         try:

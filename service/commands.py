@@ -124,8 +124,10 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     import models
-    from service import limits, plots, runs
-    from service.execution import checkpoint_bytes, hold
+    from service import limits
+    from service.queue.execution import checkpoint_bytes, hold
+    from service.reports import plots
+    from service.runs import store as runs
     from service.settings import get_settings
 
     console = Console(stderr=True, soft_wrap=True)
@@ -255,7 +257,7 @@ def predict(args: argparse.Namespace) -> int:
     """Outputs for sequences read as JSON, from a checkpoint file: the numbers /predict gives."""
     from safetensors import safe_open
 
-    from service.inference import load_model, predict_outputs
+    from service.predict.inference import load_model, predict_outputs
 
     console = Console(stderr=True, soft_wrap=True)
     try:

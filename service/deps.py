@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.inference import ModelCache
+from service.predict.inference import ModelCache
 from service.settings import Settings
 
 

@@ -8,7 +8,7 @@ Prometheus expects of a restarted target); the processes it starts inherit the l
 Run counts by status and the queue length are read from the database at each scrape, the one
 source of truth wherever the runs are trained.
 
-Until `init` is called (a plain script using `service.execution`), recording is a no-op.
+Until `init` is called (a plain script using `service.queue.execution`), recording is a no-op.
 """
 
 from __future__ import annotations

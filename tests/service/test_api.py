@@ -378,12 +378,12 @@ def test_openapi_examples_are_valid_requests(client: TestClient) -> None:
 
 
 def test_errors_never_leak_stack_traces(client: TestClient, monkeypatch) -> None:
-    import service.runs
+    import service.runs.store
 
     def boom(**_kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(service.runs, "read_losses", boom)
+    monkeypatch.setattr(service.runs.store, "read_losses", boom)
     body = problem(client.get("/runs/x/losses"), 500)
     assert "secret" not in json.dumps(body) and "Traceback" not in json.dumps(body)
 

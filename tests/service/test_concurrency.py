@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from service import db as database
-from service import lifecycle, runs
+from service.queue import lifecycle
+from service.runs import store as runs
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
 from tests.support.app import make_settings

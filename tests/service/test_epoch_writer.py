@@ -12,9 +12,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from service import db as database
-from service import lifecycle, runs
-from service.execution import _EpochWriter
-from service.lifecycle import Claim, EpochRow
+from service.queue import lifecycle
+from service.queue.execution import _EpochWriter
+from service.queue.lifecycle import Claim, EpochRow
+from service.runs import store as runs
 from service.schemas import RunCreate
 from service.tables import EpochLoss, Run, RunStatus
 from tests.support.app import make_settings

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service import lifecycle
-from service.events import parse_last_event_id
+from service.queue import lifecycle
+from service.runs.events import parse_last_event_id
 from tests.support.app import run_body, train_now, wait_for
 
 

@@ -10,8 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service import lifecycle
 from service.app import create_app
+from service.queue import lifecycle
 from service.tables import Checkpoint, EpochLoss
 from tests.support.app import make_settings, problem, run_body, train_now
 

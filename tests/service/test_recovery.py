@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.queue.workers import HOST
 from service.settings import Settings
-from service.workers import HOST
 from tests.support.app import db_row, hold_runs, make_settings, release, run_body, wait_for
 from tests.support.processes import START_TIMEOUT, live_group_members, serve, wait_group_gone
 

@@ -146,7 +146,7 @@ def epochs_of(c: Cluster, run_id: str) -> list[int]:
 
 @pytest.mark.subprocess
 def test_celery_workers_train_recover_and_run_each_run_once(cluster: Cluster) -> None:
-    from service.dispatch import TASK, celery_app
+    from service.queue.celery import TASK, celery_app
 
     c = cluster
     # Six runs, predictions from the checkpoints stored in PostgreSQL.
@@ -227,8 +227,8 @@ def test_a_run_whose_send_failed_is_sent_again(tmp_path: Path, redis_url: str) -
     import redis
     from fastapi.testclient import TestClient
 
-    from service import dispatch
     from service.app import create_app
+    from service.queue import celery as dispatch
     from service.tables import Run
 
     dead = make_settings(tmp_path, queue="celery", broker_url=f"redis://127.0.0.1:{free_port()}/0")

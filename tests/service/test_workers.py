@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from models import build_model, predict
 from service.app import create_app
+from service.queue.workers import Worker
 from service.settings import Settings
 from service.tables import Run
-from service.workers import Worker
 from tests.support.app import db_row, hold_runs, make_settings, release, submit, wait_for
 from tests.support.processes import START_TIMEOUT
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.queue.workers import Worker
 from service.settings import Settings
-from service.workers import Worker
 
 PROBLEM = "application/problem+json"
 HOLD_FILE = "hold"  # RNNLAB_HOLD_FILE's name in a test's data directory

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from models import scalar_rnn
 from service import limits, metrics
 from service.deps import CacheDep, DbDep, SettingsDep
-from service.inference import run_predict
+from service.openapi import error_responses
+from service.predict.inference import run_predict
 from service.problems import invalid, parse_body
-from service.routes.common import problems
 from service.schemas import PredictRequest, PredictResponse, ScalarRNNRequest, ScalarRNNResponse
 
 router = APIRouter(tags=["predict"])
@@ -26,7 +26,7 @@ async def _raw_body(request: Request) -> tuple[bytes, str | None]:
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=problems(404, 409, 413, 422),
+    responses=error_responses(404, 409, 413, 422),
     # The body is parsed by pydantic-core straight from the bytes (see parse_body), so the
     # schema is declared here rather than through a parameter.
     openapi_extra={
@@ -63,7 +63,7 @@ def predict(
     return response
 
 
-@router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=problems(413, 422))
+@router.post("/scalar-rnn", response_model=ScalarRNNResponse, responses=error_responses(413, 422))
 def create_scalar_rnn(body: ScalarRNNRequest, settings: SettingsDep) -> ScalarRNNResponse:
     """The notebook's scalar RNN (one sigmoid hidden unit), step by step."""
     limits.check_scalar_steps(len(body.x), settings)

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from service import limits, runs
+from service import limits
 from service.problems import ProblemError, conflict, invalid, not_found
+from service.runs import store as runs
 from service.schemas import (
     RunCreate,
     SweepCreate,

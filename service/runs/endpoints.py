@@ -9,10 +9,13 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service import dispatch, events, plots, runs
 from service.deps import CacheDep, DbDep, SessionDep, SettingsDep
+from service.openapi import error_responses
 from service.problems import not_found
-from service.routes.common import problems
+from service.queue import celery as dispatch
+from service.reports import plots
+from service.runs import events
+from service.runs import store as runs
 from service.schemas import Losses, MemberRead, ModelKind, RunCreate, RunList, RunRead
 from service.tables import RunStatus
 
@@ -45,9 +48,9 @@ EVENT_ITEM_SCHEMA = {
             "description": "Accepted: queued for a worker",
             "headers": {"Location": {"description": "/runs/{id}", "schema": {"type": "string"}}},
         },
-        **problems(413, 422),
+        **error_responses(413, 422),
         429: {
-            **problems(429)[429],
+            **error_responses(429)[429],
             "headers": {
                 "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
             },
@@ -65,7 +68,7 @@ def create_run(spec: RunCreate, db: DbDep, settings: SettingsDep, response: Resp
     return read
 
 
-@router.get("", response_model=RunList, responses=problems(422))
+@router.get("", response_model=RunList, responses=error_responses(422))
 def list_runs(
     session: SessionDep,
     status: RunStatus | None = None,
@@ -87,19 +90,19 @@ def list_runs(
     return RunList(items=[runs.to_read(r) for r in items], next_cursor=next_cursor)
 
 
-@router.get("/{run_id}", response_model=RunRead, responses=problems(404))
+@router.get("/{run_id}", response_model=RunRead, responses=error_responses(404))
 def read_run(session: SessionDep, run_id: str) -> RunRead:
     """Get one run: its status, config, progress and metrics."""
     return runs.to_read(runs.get_run_or_404(session=session, run_id=run_id))
 
 
-@router.get("/{run_id}/losses", response_model=Losses, responses=problems(404))
+@router.get("/{run_id}/losses", response_model=Losses, responses=error_responses(404))
 def read_losses(session: SessionDep, run_id: str) -> Losses:
     """Per-epoch training and validation loss of that epoch's best member; grows while it trains."""
     return runs.read_losses(session=session, run_id=run_id)
 
 
-@router.get("/{run_id}/members", response_model=list[MemberRead], responses=problems(404))
+@router.get("/{run_id}/members", response_model=list[MemberRead], responses=error_responses(404))
 def read_members(session: SessionDep, run_id: str) -> list[MemberRead]:
     """The run's population: each member's seed, epochs trained, last losses and which was kept."""
     return runs.read_members(session=session, run_id=run_id)
@@ -125,7 +128,7 @@ async def _existing_run_id(db: DbDep, run_id: str) -> str:
             "epochs after it.",
             "content": {"text/event-stream": {"itemSchema": EVENT_ITEM_SCHEMA}},
         },
-        **problems(404),
+        **error_responses(404),
     },
 )
 async def read_events(
@@ -141,7 +144,9 @@ async def read_events(
         yield event
 
 
-@router.delete("/{run_id}", status_code=204, response_class=Response, responses=problems(404, 409))
+@router.delete(
+    "/{run_id}", status_code=204, response_class=Response, responses=error_responses(404, 409)
+)
 def delete_run(db: DbDep, cache: CacheDep, run_id: str) -> Response:
     """Delete an ended run with its losses and weights (a queued or running one: 409)."""
     with db.writing() as session:
@@ -152,7 +157,7 @@ def delete_run(db: DbDep, cache: CacheDep, run_id: str) -> Response:
 
 
 @router.post(
-    "/{run_id}/cancel", status_code=202, response_model=RunRead, responses=problems(404, 409)
+    "/{run_id}/cancel", status_code=202, response_model=RunRead, responses=error_responses(404, 409)
 )
 def cancel_run(db: DbDep, run_id: str) -> RunRead:
     """Cancel a run: a queued one at once, a running one at the end of its current epoch."""
@@ -170,7 +175,7 @@ def cancel_run(db: DbDep, run_id: str) -> RunRead:
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
         },
-        **problems(404, 409),
+        **error_responses(404, 409),
     },
 )
 def read_checkpoint(session: SessionDep, run_id: str) -> Response:

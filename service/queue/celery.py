@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from service import lifecycle
 from service.db import Database
+from service.queue import lifecycle
 from service.settings import Settings, get_settings
 from service.tables import Run, RunStatus, utcnow
 
@@ -139,7 +139,7 @@ _worker: Any = None
 def _the_worker() -> Any:
     global _worker
     if _worker is None:
-        from service.workers import Worker, configure_threads, warm_up_models
+        from service.queue.workers import Worker, configure_threads, warm_up_models
 
         settings = get_settings()
         configure_threads(settings)

@@ -21,10 +21,11 @@ from models import (
     train,
 )
 from models.chooser import choose_path
-from service import lifecycle, metrics
+from service import metrics
 from service.db import Database
-from service.lifecycle import Claim, LostClaim
-from service.runs import config_from_json
+from service.queue import lifecycle
+from service.queue.lifecycle import Claim, LostClaim
+from service.runs.store import config_from_json
 
 log = logging.getLogger("rnnlab.worker")
 CHECKPOINT_FORMAT = "rnnlab-1"

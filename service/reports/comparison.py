@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from service.plots import load_runs
+from service.reports.plots import load_runs
 from service.schemas import CompareItem, Comparison
 from service.tables import RunStatus
 

@@ -14,7 +14,7 @@ from models import build_model, predict
 from service import limits
 from service.db import Database
 from service.problems import invalid
-from service.runs import get_run_or_404, read_checkpoint, require_succeeded
+from service.runs.store import get_run_or_404, read_checkpoint, require_succeeded
 from service.settings import Settings
 
 

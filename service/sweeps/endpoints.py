@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service import dispatch, runs, sweeps
 from service.deps import DbDep, SessionDep, SettingsDep
-from service.routes.common import problems
+from service.openapi import error_responses
+from service.queue import celery as dispatch
+from service.runs import store as runs
 from service.schemas import SweepCreate, SweepList, SweepRead
+from service.sweeps import store as sweeps
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -23,9 +25,9 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
             "description": "Accepted: every run queued",
             "headers": {"Location": {"description": "/sweeps/{id}", "schema": {"type": "string"}}},
         },
-        **problems(413, 422),
+        **error_responses(413, 422),
         429: {
-            **problems(429)[429],
+            **error_responses(429)[429],
             "headers": {
                 "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
             },
@@ -45,7 +47,7 @@ def create_sweep(
     return read
 
 
-@router.get("", response_model=SweepList, responses=problems(422))
+@router.get("", response_model=SweepList, responses=error_responses(422))
 def list_sweeps(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
@@ -58,14 +60,17 @@ def list_sweeps(
     return sweeps.list_sweeps(session=session, limit=limit, cursor=cursor)
 
 
-@router.get("/{sweep_id}", response_model=SweepRead, responses=problems(404))
+@router.get("/{sweep_id}", response_model=SweepRead, responses=error_responses(404))
 def read_sweep(session: SessionDep, sweep_id: str) -> SweepRead:
     """A sweep's runs and, per configuration, the error over seeds; the best so far."""
     return sweeps.to_read(session, sweeps.get_sweep_or_404(session=session, sweep_id=sweep_id))
 
 
 @router.post(
-    "/{sweep_id}/cancel", status_code=202, response_model=SweepRead, responses=problems(404, 409)
+    "/{sweep_id}/cancel",
+    status_code=202,
+    response_model=SweepRead,
+    responses=error_responses(404, 409),
 )
 def cancel_sweep(db: DbDep, sweep_id: str) -> SweepRead:
     """Cancel every run of the sweep that has not ended."""

@@ -1,4 +1,5 @@
-"""The notebook's figures as SVG or PNG: losses, predictions over time, scatter, comparison."""
+"""The report endpoints: the notebook's figures as SVG or PNG (losses, predictions over time,
+scatter, comparison) and /compare (did the networks learn the task, and which did better?)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from service import plots
-from service.deps import CacheDep, DbDep
-from service.routes.common import problems
+from service.deps import CacheDep, DbDep, SessionDep
+from service.openapi import error_responses
+from service.reports import comparison, plots
+from service.schemas import Comparison
 
 router = APIRouter(tags=["plots"])
+compare_router = APIRouter(tags=["compare"])
 Fmt = Literal["svg", "png"]
 
 
@@ -27,7 +30,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        **problems(*codes),
+        **error_responses(*codes),
     }
 
 
@@ -96,3 +99,17 @@ def read_compare_plot(
 ) -> Response:
     """Several runs' validation losses overlaid, labelled by model kind and hidden size."""
     return _image(plots.compare_plot(db=db, ids=plots.parse_run_ids(runs), fmt=fmt), fmt)
+
+
+@compare_router.get("/compare", response_model=Comparison, responses=error_responses(404, 422))
+def read_comparison(
+    session: SessionDep,
+    runs: Annotated[
+        str,
+        Query(
+            description=plots.RUN_IDS_DESCRIPTION, max_length=2000, pattern=plots.RUN_IDS_PATTERN
+        ),
+    ],
+) -> Comparison:
+    """Several runs' test error against the zero predictor's, their verdicts, and the best."""
+    return comparison.compare_runs(session=session, ids=plots.parse_run_ids(runs))

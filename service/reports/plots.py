@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from models import make_splits, predict
 from service.db import Database
-from service.inference import ModelCache
+from service.predict.inference import ModelCache
 from service.problems import ProblemError, not_found
-from service.runs import config_from_json, epoch_losses, get_run_or_404, require_succeeded
+from service.runs.store import config_from_json, epoch_losses, get_run_or_404, require_succeeded
 from service.tables import ENDED, Run
 
 Format = Literal["svg", "png"]

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from service import runs
 from service.db import Database, execute_dml
+from service.runs import store as runs
 from service.tables import Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
 log = logging.getLogger("rnnlab.lifecycle")

@@ -19,9 +19,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from service import lifecycle, metrics
+from service import metrics
 from service.db import Database
-from service.execution import execute
+from service.queue import lifecycle
+from service.queue.execution import execute
 from service.settings import Settings
 from service.tables import Run, RunStatus
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import anyio
 from fastapi.sse import ServerSentEvent
 
-from service import runs
 from service.db import Database
+from service.runs import store as runs
 from service.schemas import RunRead
 from service.tables import ENDED, Run
 

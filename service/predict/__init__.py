@@ -1,0 +1,1 @@
+"""Outputs per time step from a stored model: /predict, the model cache."""

@@ -1,0 +1,1 @@
+"""A run: its endpoints, how it is stored and read, its event stream."""

@@ -1,0 +1,1 @@
+"""A sweep: a grid of runs queued as one."""
