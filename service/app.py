@@ -21,9 +21,9 @@ from service import __version__, health, limits, metrics, openapi, problems, sec
 from service import db as database
 from service.predict import endpoints as predict
 from service.predict.inference import ModelCache
-from service.queue import celery as dispatch
 from service.queue import lifecycle
-from service.queue.workers import WorkerPool, local_worker_is_dead, warm_up_models
+from service.queue.backend import queue_for
+from service.queue.workers import local_worker_is_dead, warm_up_models
 from service.reports import endpoints as reports
 from service.runs import endpoints as runs
 from service.settings import Settings, get_settings
@@ -105,29 +105,15 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
         app.state.db = db
         app.state.settings = settings
         app.state.model_cache = ModelCache(settings.model_cache_size)
-        app.state.pool = None
-        app.state.recovery = None
+        app.state.queue = queue = queue_for(settings)
         # Compile the prediction kernels off the request path; a first /predict waits for it.
         threading.Thread(target=warm_up_models, name="warm-up", daemon=True).start()
-        if settings.queue == "celery":
-            # Runs go to Celery workers; this process re-queues lost runs and sends ids.
-            app.state.recovery = dispatch.RecoveryLoop(settings, db).start()
-        elif start_workers and settings.workers > 0:
-            app.state.pool = WorkerPool(settings, db).start()
-        where = (
-            "the Celery queue"
-            if settings.queue == "celery"
-            else f"{settings.workers} local workers"
-        )
-        log.info("rnnlab ready: %s, %s", settings.database_url, where)
+        queue.start(db, start_workers=start_workers)
+        log.info("rnnlab ready: %s, %s", settings.database_url, queue.describe())
         try:
             yield
         finally:
-            if app.state.pool is not None:
-                log.info("stopping workers: running runs go back to the queue")
-                app.state.pool.stop()
-            if app.state.recovery is not None:
-                app.state.recovery.stop()
+            queue.stop()
             db.dispose()
 
     app = FastAPI(

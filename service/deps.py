@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, sessions, the model cache."""
+"""FastAPI dependencies: settings, sessions, the model cache, the queue."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.db import Database
 from service.predict.inference import ModelCache
+from service.queue.backend import Queue
 from service.settings import Settings
 
 
@@ -33,7 +34,12 @@ async def get_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
+async def get_queue(request: Request) -> Queue:
+    return request.app.state.queue
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[ModelCache, Depends(get_cache)]
 DbDep = Annotated[Database, Depends(get_db)]
+QueueDep = Annotated[Queue, Depends(get_queue)]

@@ -36,18 +36,8 @@ def read_ready(request: Request) -> JSONResponse:
     except Exception as e:
         checks["database"] = f"unreachable: {type(e).__name__}"
         ok = False
-    pool = state.pool
-    if state.settings.queue == "celery":
-        checks["workers"] = {
-            "queue": "celery",
-            "note": "runs go to `rnnlab worker`s via the broker",
-        }
-    elif pool is None:
-        checks["workers"] = {"local": 0, "note": "RNNLAB_WORKERS=0: runs need `rnnlab worker`"}
-    else:
-        alive = pool.alive()
-        checks["workers"] = {"alive": alive, "configured": pool.size}
-        ok = ok and alive == pool.size
+    checks["workers"], workers_ok = state.queue.workers_check()
+    ok = ok and workers_ok
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 
 from service.settings import Settings, get_settings
 
@@ -32,39 +31,13 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from service import db as database
     from service import metrics
-    from service.queue.workers import Worker, configure_threads
+    from service.queue.backend import queue_for
 
     settings = get_settings()
     _logging(settings)
     metrics.init(settings, owner=False)
-    if settings.queue == "celery":
-        from service.queue import celery as dispatch
-
-        db = database.Database(settings)
-        try:
-            database.upgrade(db.engine)
-        finally:
-            db.dispose()
-        return dispatch.run_worker(settings)
-    configure_threads(settings)
-    w = Worker(settings)
-    database.upgrade(w.db.engine)
-
-    def _stop(signum: int, _frame: object) -> None:
-        logging.getLogger("rnnlab.worker").info(
-            "signal %d: finishing the current epoch, then re-queueing", signum
-        )
-        w.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        w.work(burst=args.burst, reap=True)
-    finally:
-        w.db.dispose()
-    return 0
+    return queue_for(settings).run_worker(burst=args.burst)
 
 
 def migrate(args: argparse.Namespace) -> int:

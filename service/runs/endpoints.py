@@ -9,10 +9,9 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service.deps import CacheDep, DbDep, SessionDep, SettingsDep
+from service.deps import CacheDep, DbDep, QueueDep, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.problems import not_found
-from service.queue import celery as dispatch
 from service.reports import plots
 from service.runs import events
 from service.runs import store as runs
@@ -57,13 +56,14 @@ EVENT_ITEM_SCHEMA = {
         },
     },
 )
-def create_run(spec: RunCreate, db: DbDep, settings: SettingsDep, response: Response) -> RunRead:
+def create_run(
+    spec: RunCreate, db: DbDep, settings: SettingsDep, queue: QueueDep, response: Response
+) -> RunRead:
     """Queue a training run; a worker trains it in the background."""
     with db.writing() as session:
         run = runs.create_run(session=session, spec=spec, settings=settings)
         read = runs.to_read(run)
-    if settings.queue == "celery":  # after the commit: a worker can read what it receives
-        dispatch.try_send_pending(db, settings)
+    queue.submitted(db)  # after the commit: a Celery worker can read what it receives
     response.headers["Location"] = f"/runs/{read.id}"
     return read
 

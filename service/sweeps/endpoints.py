@@ -6,9 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.deps import DbDep, SessionDep, SettingsDep
+from service.deps import DbDep, QueueDep, SessionDep, SettingsDep
 from service.openapi import error_responses
-from service.queue import celery as dispatch
 from service.runs import store as runs
 from service.schemas import SweepCreate, SweepList, SweepRead
 from service.sweeps import store as sweeps
@@ -35,14 +34,13 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
     },
 )
 def create_sweep(
-    spec: SweepCreate, db: DbDep, settings: SettingsDep, response: Response
+    spec: SweepCreate, db: DbDep, settings: SettingsDep, queue: QueueDep, response: Response
 ) -> SweepRead:
     """Queue one run per combination of the grid's values (all or none), as one sweep."""
     with db.writing() as session:
         sweep = sweeps.create_sweep(session=session, spec=spec, settings=settings)
         read = sweeps.to_read(session, sweep)
-    if settings.queue == "celery":  # after the commit, as for POST /runs
-        dispatch.try_send_pending(db, settings)
+    queue.submitted(db)  # after the commit: a Celery worker can read what it receives
     response.headers["Location"] = f"/sweeps/{read.id}"
     return read
 
