@@ -126,7 +126,7 @@ def train(args: argparse.Namespace) -> int:
     from service import limits
     from service.queue.execution import checkpoint_bytes, hold
     from service.reports import plots
-    from service.runs import store as runs
+    from service.runs import config as run_config
     from service.settings import get_settings
 
     console = Console(stderr=True, soft_wrap=True)
@@ -135,7 +135,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         spec = RunCreate.model_validate(run_spec(args))
         limits.check_run(spec, get_settings())
-        cfg = runs.resolve_config(spec)
+        cfg = run_config.resolve_config(spec)
     except ValidationError as e:
         return _complain(console, [dict(err) for err in e.errors()])
     except ProblemError as e:
@@ -205,7 +205,7 @@ def train(args: argparse.Namespace) -> int:
     model = pop.member(position)
     metrics = models.evaluate(model, splits.test)
     result: dict[str, Any] = {
-        "config": runs.config_to_json(cfg),
+        "config": run_config.config_to_json(cfg),
         "epochs_completed": history.epochs_completed,
         "stopped": history.stopped,
         "seconds": round(seconds, 3),

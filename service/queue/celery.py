@@ -22,12 +22,12 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from service.db import Database
 from service.queue import lifecycle
 from service.settings import Settings, get_settings
-from service.tables import Run, RunStatus, utcnow
+from service.tables import Run, RunStatus
 
 log = logging.getLogger("rnnlab.dispatch")
 TASK = "rnnlab.execute_run"
@@ -81,12 +81,7 @@ def send_pending(db: Database, settings: Settings, *, limit: int = 1000) -> int:
             sent.append(run_id)
     finally:  # one write for every id that went out, even if a later send failed
         if sent:
-            with db.writing() as session:
-                session.execute(
-                    update(Run)
-                    .where(Run.id.in_(sent), Run.status == RunStatus.queued)
-                    .values(dispatched_at=utcnow())
-                )
+            lifecycle.mark_dispatched(db, sent)
     return len(sent)
 
 

@@ -25,7 +25,7 @@ from service import metrics
 from service.db import Database
 from service.queue import lifecycle
 from service.queue.lifecycle import Claim, LostClaim
-from service.runs.store import config_from_json
+from service.runs.config import config_from_json
 
 log = logging.getLogger("rnnlab.worker")
 CHECKPOINT_FORMAT = "rnnlab-1"

@@ -1,4 +1,5 @@
-"""The run lifecycle's writes: claim, heartbeat, per-epoch losses, final states, reaping.
+"""The run lifecycle: the only code that writes a run's row. Enqueue, cancel, delete; claim,
+heartbeat, per-epoch losses, final states; re-queueing and reaping.
 
 The database row is the truth. A claim is one conditional UPDATE that also increments
 `attempt`; every later write is conditioned on (id, attempt, status running), so a worker
@@ -8,6 +9,7 @@ that lost its claim (re-queued as stale, or cancelled) cannot write anything.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,10 +18,78 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.db import Database, execute_dml
-from service.runs import store as runs
-from service.tables import Checkpoint, EpochLoss, Run, RunStatus, utcnow
+from service.runs.config import config_from_json, initial_members
+from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus, utcnow
 
 log = logging.getLogger("rnnlab.lifecycle")
+
+
+# --- the API's writes: a new run, cancel, delete --------------------------------------------
+
+
+def enqueue(
+    session: Session,
+    *,
+    config: dict[str, Any],
+    model: str,
+    members: list[dict[str, Any]],
+    sweep_id: str | None = None,
+) -> Run:
+    """Store a new run as queued, in the caller's write transaction."""
+    run = Run(
+        id=uuid.uuid4().hex,
+        status=RunStatus.queued,
+        model=model,
+        config=config,
+        created_at=utcnow(),
+        epochs_completed=0,
+        attempt=0,
+        requeues=0,
+        cancel_requested=False,
+        members=members,
+        sweep_id=sweep_id,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def cancel_where(session: Session, *where: Any) -> tuple[int, int]:
+    """Cancel the runs matching `where`: queued ones now, running ones at their next epoch
+    (the flag their worker reads). Returns (cancelled now, flagged)."""
+    queued = execute_dml(
+        session,
+        update(Run)
+        .where(*where, Run.status == RunStatus.queued)
+        .values(status=RunStatus.cancelled, finished_at=utcnow(), cancel_requested=True),
+    ).rowcount
+    running = execute_dml(
+        session,
+        update(Run).where(*where, Run.status == RunStatus.running).values(cancel_requested=True),
+    ).rowcount
+    return queued, running
+
+
+def delete_ended(session: Session, run_id: str) -> int:
+    """Delete a run that has ended, with its losses and checkpoint; how many runs went (0 or 1)."""
+    session.execute(delete(EpochLoss).where(EpochLoss.run_id == run_id))
+    session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+    return execute_dml(
+        session, delete(Run).where(Run.id == run_id, Run.status.in_([s.value for s in ENDED]))
+    ).rowcount
+
+
+def mark_dispatched(db: Database, run_ids: list[str]) -> None:
+    """Record that these queued runs' ids went to the broker (the Celery queue)."""
+    with db.writing() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(run_ids), Run.status == RunStatus.queued)
+            .values(dispatched_at=utcnow())
+        )
+
+
+# --- a worker's writes ----------------------------------------------------------------------
 
 
 class LostClaim(Exception):
@@ -85,7 +155,7 @@ def claim(db: Database, *, worker_id: str, run_id: str | None = None) -> Claim |
         attempt, config = session.execute(
             select(Run.attempt, Run.config).where(Run.id == run_id)
         ).one()
-        members = runs.initial_members(runs.config_from_json(config))
+        members = initial_members(config_from_json(config))
         session.execute(update(Run).where(Run.id == run_id).values(members=members))
     return Claim(run_id=run_id, attempt=attempt, worker_id=worker_id, config=config)
 
@@ -283,3 +353,14 @@ def reap_stale(
                 _lose(session, dead, reason="its worker process is gone", max_requeues=max_requeues)
             )
     return outcome
+
+
+def requeue_stopped(db: Database, worker_prefix: str) -> None:
+    """Hand back the running runs of worker processes the server itself stopped (killed after
+    the shutdown grace): queued again, not counted as a loss."""
+    with db.writing() as session:
+        session.execute(
+            update(Run)
+            .where(Run.status == RunStatus.running, Run.worker_id.startswith(worker_prefix))
+            .values(status=RunStatus.queued, worker_id=None, heartbeat_at=None)
+        )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from service import metrics
 from service.db import Database
@@ -303,9 +303,4 @@ class WorkerPool:
                 self._requeue_runs_of(p.pid)
 
     def _requeue_runs_of(self, pid: int | None) -> None:
-        with self.db.writing() as session:
-            session.execute(
-                update(Run)
-                .where(Run.status == RunStatus.running, Run.worker_id.startswith(f"{HOST}/{pid}/"))
-                .values(status=RunStatus.queued, worker_id=None, heartbeat_at=None)
-            )
+        lifecycle.requeue_stopped(self.db, f"{HOST}/{pid}/")

@@ -24,7 +24,8 @@ from models import make_splits, predict
 from service.db import Database
 from service.predict.inference import ModelCache
 from service.problems import ProblemError, not_found
-from service.runs.store import config_from_json, epoch_losses, get_run_or_404, require_succeeded
+from service.runs.config import config_from_json
+from service.runs.store import epoch_losses, get_run_or_404, require_succeeded
 from service.tables import ENDED, Run
 
 Format = Literal["svg", "png"]

@@ -3,71 +3,20 @@
 from __future__ import annotations
 
 import base64
-import secrets
-import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from models.population import member_seed
-from models.training import Member, TrainConfig
 from service import limits
-from service.db import execute_dml
-from service.problems import ProblemError, conflict, invalid, not_found
+from service.problems import ProblemError, conflict, not_found
+from service.queue import lifecycle
+from service.runs.config import LEGACY_FIELDS, config_to_json, initial_members, resolve_config
 from service.schemas import Losses, MemberRead, RunConfig, RunCreate, RunMetrics, RunRead
 from service.settings import Settings
-from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus, utcnow
+from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus
 
 MAX_LIST_LIMIT = 100
-
-
-DATA_FIELDS = ("n_sequences", "seq_len", "marker_probs")  # nested under "data" in the API
-
-
-def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
-    """The stored (and returned) form of a config: the API's nested shape."""
-    flat = cfg.to_dict()
-    return {
-        **{k: v for k, v in flat.items() if k not in DATA_FIELDS},
-        "data": {k: flat[k] for k in DATA_FIELDS},
-    }
-
-
-# Fields added after runs were first stored, with the values those runs were trained with.
-LEGACY_FIELDS: dict[str, Any] = {
-    "population": 1,
-    "clip_grad_norm": 0.0,
-    "lr_schedule": "constant",
-    "restore_best": False,
-}
-
-
-def config_from_json(d: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from the API's nested shape; ValueError names a field that is wrong."""
-    flat = {**LEGACY_FIELDS, **{k: v for k, v in d.items() if k != "data"}, **d["data"]}
-    return TrainConfig.from_dict(flat)
-
-
-def initial_members(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The members of a run that has not trained yet: their indices and seeds."""
-    return [Member(index=i, seed=member_seed(cfg.seed, i)).to_dict() for i in range(cfg.population)]
-
-
-def resolve_config(spec: RunCreate) -> TrainConfig:
-    """The run's full training config; the server picks a seed when none was given."""
-    d = spec.model_dump()
-    if d["seed"] is None:
-        d["seed"] = secrets.randbelow(2**31)
-    try:
-        return config_from_json(d)
-    except ValueError as e:
-        field = str(e).split(" ", 1)[0]
-        loc = ["body", "data", field] if field in DATA_FIELDS else ["body", field]
-        # Each probability's bounds are in the schema; their sum is a rule it states in words.
-        kind = "marker_probs_sum" if "must sum to 1" in str(e) else "value_error"
-        raise invalid([{"loc": loc, "msg": str(e), "type": kind}]) from e
 
 
 def lock_queue(session: Session) -> None:
@@ -103,21 +52,10 @@ def create_run(
     cfg = resolve_config(spec)
     if check_queue:  # in the write transaction: the count cannot race
         _check_queue(session, settings)
-    run = Run(
-        id=uuid.uuid4().hex,
-        status=RunStatus.queued,
-        model=cfg.model,
-        config=config_to_json(cfg),
-        created_at=utcnow(),
-        epochs_completed=0,
-        attempt=0,
-        requeues=0,
-        cancel_requested=False,
-        members=initial_members(cfg),
+    run = lifecycle.enqueue(
+        session, config=config_to_json(cfg), model=cfg.model, members=initial_members(cfg),
         sweep_id=sweep_id,
-    )
-    session.add(run)
-    session.flush()
+    )  # fmt: skip
     return run
 
 
@@ -208,26 +146,10 @@ def list_runs(
     return rows[:limit], next_cursor
 
 
-def cancel_where(session: Session, *where: Any) -> tuple[int, int]:
-    """Cancel the runs matching `where`: queued ones now, running ones at their next epoch
-    (the flag their worker reads). Returns (cancelled now, flagged)."""
-    queued = execute_dml(
-        session,
-        update(Run)
-        .where(*where, Run.status == RunStatus.queued)
-        .values(status=RunStatus.cancelled, finished_at=utcnow(), cancel_requested=True),
-    ).rowcount
-    running = execute_dml(
-        session,
-        update(Run).where(*where, Run.status == RunStatus.running).values(cancel_requested=True),
-    ).rowcount
-    return queued, running
-
-
 def cancel_run(*, session: Session, run_id: str) -> Run:
     """Cancel a queued run now, or flag a running one to stop after its current epoch."""
     run = get_run_or_404(session=session, run_id=run_id)
-    done = any(cancel_where(session, Run.id == run_id))
+    done = any(lifecycle.cancel_where(session, Run.id == run_id))
     session.refresh(run)
     if not done:
         raise conflict(f"run {run_id!r} has already ended ({run.status.value}); nothing to cancel")
@@ -265,11 +187,7 @@ def delete_run(*, session: Session, run_id: str) -> None:
         raise conflict(
             f"run {run_id!r} is {run.status.value}; cancel it first, then delete it when it ends"
         )
-    session.execute(delete(EpochLoss).where(EpochLoss.run_id == run_id))
-    session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
-    gone = execute_dml(
-        session, delete(Run).where(Run.id == run_id, Run.status.in_([s.value for s in ENDED]))
-    ).rowcount
+    gone = lifecycle.delete_ended(session, run_id)
     if gone != 1:  # (the status cannot change under BEGIN IMMEDIATE; kept as a guard)
         raise conflict(f"run {run_id!r} changed while being deleted; try again")
 

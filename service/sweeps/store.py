@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from service import limits
 from service.problems import ProblemError, conflict, invalid, not_found
+from service.queue import lifecycle
 from service.runs import store as runs
 from service.schemas import (
     RunCreate,
@@ -239,7 +240,7 @@ def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepLis
 def cancel_sweep(*, session: Session, sweep_id: str) -> Sweep:
     """Cancel every run of the sweep that has not ended (queued now, running at its epoch)."""
     sweep = get_sweep_or_404(session=session, sweep_id=sweep_id)
-    queued, running = runs.cancel_where(session, Run.sweep_id == sweep_id)
+    queued, running = lifecycle.cancel_where(session, Run.sweep_id == sweep_id)
     if not queued and not running:
         raise conflict(f"every run of sweep {sweep_id!r} has already ended; nothing to cancel")
     return sweep
