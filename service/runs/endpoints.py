@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from service import pagination
 from service.deps import CacheDep, DbDep, QueueDep, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.problems import not_found
@@ -74,11 +75,11 @@ def list_runs(
     status: RunStatus | None = None,
     model: ModelKind | None = None,
     sweep: Annotated[str | None, Query(description="only the runs of this sweep")] = None,
-    limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIST_LIMIT)] = 20,
     cursor: Annotated[
         str | None,
         Query(
-            pattern=runs.CURSOR_PATTERN,
+            pattern=pagination.CURSOR_PATTERN,
             description="a next_cursor from an earlier page: the runs after that position",
         ),
     ] = None,

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from service import limits
+from service import limits, pagination
 from service.problems import ProblemError, conflict, not_found
 from service.queue import lifecycle
 from service.runs.config import LEGACY_FIELDS, config_to_json, initial_members, resolve_config
 from service.schemas import Losses, MemberRead, RunConfig, RunCreate, RunMetrics, RunRead
 from service.settings import Settings
 from service.tables import ENDED, Checkpoint, EpochLoss, Run, RunStatus
-
-MAX_LIST_LIMIT = 100
 
 
 def lock_queue(session: Session) -> None:
@@ -95,27 +90,6 @@ def to_read(run: Run) -> RunRead:
     )
 
 
-# A cursor is a keyset position: the created_at (µs since the epoch, 8 bytes) and id (16 bytes)
-# of the last run on a page, base64url without padding. Any string of this pattern is a
-# position, so it is never refused: an unknown one gives the runs older than it (maybe none).
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{32}$"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
-
-
-def encode_cursor(created_at: datetime, ident: str) -> str:
-    """The cursor of a row (a run or a sweep): its keyset position."""
-    us = (created_at - _EPOCH) // timedelta(microseconds=1)
-    raw = us.to_bytes(8, "big") + bytes.fromhex(ident)
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    raw = base64.urlsafe_b64decode(cursor)  # 32 characters (the pattern): exactly 24 bytes
-    us = min(int.from_bytes(raw[:8], "big"), _MAX_US)
-    return _EPOCH + timedelta(microseconds=us), raw[8:].hex()
-
-
 def list_runs(
     *,
     session: Session,
@@ -133,17 +107,7 @@ def list_runs(
         query = query.where(Run.status == status)
     if model is not None:
         query = query.where(Run.model == model)
-    if cursor:
-        created, run_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Run.created_at < created, and_(Run.created_at == created, Run.id < run_id))
-        )
-    rows = list(
-        session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1))
-    )
-    last = rows[limit - 1] if len(rows) > limit else None
-    next_cursor = encode_cursor(last.created_at, last.id) if last else None
-    return rows[:limit], next_cursor
+    return pagination.page(session, query, Run, limit=limit, cursor=cursor)
 
 
 def cancel_run(*, session: Session, run_id: str) -> Run:

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from service import pagination
 from service.deps import DbDep, QueueDep, SessionDep, SettingsDep
 from service.openapi import error_responses
-from service.runs import store as runs
 from service.schemas import SweepCreate, SweepList, SweepRead
 from service.sweeps import store as sweeps
 
@@ -48,10 +48,10 @@ def create_sweep(
 @router.get("", response_model=SweepList, responses=error_responses(422))
 def list_sweeps(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=runs.MAX_LIST_LIMIT)] = 20,
+    limit: Annotated[int, Query(ge=1, le=pagination.MAX_LIST_LIMIT)] = 20,
     cursor: Annotated[
         str | None,
-        Query(pattern=runs.CURSOR_PATTERN, description="a next_cursor from an earlier page"),
+        Query(pattern=pagination.CURSOR_PATTERN, description="a next_cursor from an earlier page"),
     ] = None,
 ) -> SweepList:
     """Sweeps, newest first, one page at a time."""

@@ -16,10 +16,10 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import limits
+from service import limits, pagination
 from service.problems import ProblemError, conflict, invalid, not_found
 from service.queue import lifecycle
 from service.runs import store as runs
@@ -221,20 +221,8 @@ def get_sweep_or_404(*, session: Session, sweep_id: str) -> Sweep:
 
 
 def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepList:
-    query = select(Sweep)
-    if cursor:
-        created, ident = runs.decode_cursor(cursor)
-        query = query.where(
-            or_(Sweep.created_at < created, and_(Sweep.created_at == created, Sweep.id < ident))
-        )
-    rows = list(
-        session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1))
-    )
-    last = rows[limit - 1] if len(rows) > limit else None
-    return SweepList(
-        items=[to_read(session, s) for s in rows[:limit]],
-        next_cursor=runs.encode_cursor(last.created_at, last.id) if last else None,
-    )
+    rows, next_cursor = pagination.page(session, select(Sweep), Sweep, limit=limit, cursor=cursor)
+    return SweepList(items=[to_read(session, s) for s in rows], next_cursor=next_cursor)
 
 
 def cancel_sweep(*, session: Session, sweep_id: str) -> Sweep:
