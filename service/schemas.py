@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
+from pydantic.fields import FieldInfo
 
 from models.data import DEFAULT_MARKER_PROBS
 from models.training import (
@@ -326,15 +328,9 @@ class Comparison(BaseModel):
 
 # --- sweeps ---------------------------------------------------------------------------------
 
-# Each run field's values as the sweep schemas take them: the same bounds as RunCreate's
-# (a test holds them equal), the bounds before the validator so the schema publishes them.
-Positive = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
-SeedValue = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_json_integer)]
-PopulationValue = Annotated[int, Field(ge=1, le=MAX_POPULATION), BeforeValidator(_json_integer)]
-LearningRate = Annotated[Finite, Field(gt=0)]
-ClipNorm = Annotated[Finite, Field(ge=0)]
-StrictBool = Annotated[bool, Strict()]
-MarkerProbs = tuple[Probability, Probability, Probability]
+# The sweep schemas are derived from RunCreate (and DataSpec): each run field, with its type
+# and bounds, is optional in the base and a non-empty list of values in the grid. A field
+# added to RunCreate is sweepable with nothing else to write.
 
 
 def _optional_fields(schema: dict[str, Any]) -> None:
@@ -344,67 +340,71 @@ def _optional_fields(schema: dict[str, Any]) -> None:
             del prop["default"]
 
 
-_T = TypeVar("_T")
-# A grid field's values: a non-empty list, never null. An omitted field is None (its default,
-# which pydantic does not validate): mypy sees that; pydantic sees the list alone.
-if TYPE_CHECKING:
-    _Values = Annotated[list[_T] | None, Field(min_length=1)]
-else:
-    _Values = Annotated[list[_T], Field(min_length=1)]
-
-
-class SweepData(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_optional_fields)
-
-    n_sequences: Positive = None  # type: ignore[assignment]
-    seq_len: Positive = None  # type: ignore[assignment]
-    marker_probs: MarkerProbs = None  # type: ignore[assignment]
-
-
-class SweepBase(Body):
-    """Fields of POST /runs that every run of the sweep shares; all optional here."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_optional_fields)
-
-    model: ModelKind = None  # type: ignore[assignment]
-    hidden_size: Positive = None  # type: ignore[assignment]
-    epochs: Positive = None  # type: ignore[assignment]
-    learning_rate: LearningRate = None  # type: ignore[assignment]
-    batch_size: Positive = None  # type: ignore[assignment]
-    seed: SeedValue = None  # type: ignore[assignment]
-    device: Device = None  # type: ignore[assignment]
-    population: PopulationValue = None  # type: ignore[assignment]
-    clip_grad_norm: ClipNorm = None  # type: ignore[assignment]
-    lr_schedule: LRSchedule = None  # type: ignore[assignment]
-    restore_best: StrictBool = None  # type: ignore[assignment]
-    data: SweepData = None  # type: ignore[assignment]
-
-
 def _grid_schema_extra(schema: dict[str, Any]) -> None:
     """`_optional_fields`, and a grid must name at least one field."""
     _optional_fields(schema)
     schema.update(minProperties=1)
 
 
-class SweepGrid(Body):
-    """Run field → the values to try. Nested data fields are `data.<name>`."""
+def _value_type(field: FieldInfo) -> Any:
+    """A run field's type with its bounds and validators, without `| None` (`seed`). The
+    bounds come before the validators in pydantic's metadata, so the schema publishes them."""
+    t = field.annotation
+    if get_origin(t) in (Union, UnionType):
+        (t,) = [a for a in get_args(t) if a is not type(None)]
+    return Annotated[t, *field.metadata] if field.metadata else t
 
-    model: _Values[ModelKind] = None
-    hidden_size: _Values[Positive] = None
-    epochs: _Values[Positive] = None
-    learning_rate: _Values[LearningRate] = None
-    batch_size: _Values[Positive] = None
-    seed: _Values[SeedValue] = None
-    device: _Values[Device] = None
-    population: _Values[PopulationValue] = None
-    clip_grad_norm: _Values[ClipNorm] = None
-    lr_schedule: _Values[LRSchedule] = None
-    restore_best: _Values[StrictBool] = None
-    data_n_sequences: _Values[Positive] = Field(default=None, alias="data.n_sequences")
-    data_seq_len: _Values[Positive] = Field(default=None, alias="data.seq_len")
-    data_marker_probs: _Values[MarkerProbs] = Field(default=None, alias="data.marker_probs")
 
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    return {name: _value_type(f) for name, f in model.model_fields.items()}
+
+
+class _Optional(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_optional_fields)
+
+
+class _Grid(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_grid_schema_extra)
+
+
+def _values(t: Any) -> Any:
+    """A grid field's values: a non-empty list, never null (an omitted field is None, its
+    default, which pydantic does not validate)."""
+    return Annotated[list[t], Field(min_length=1)]
+
+
+if TYPE_CHECKING:  # what the code sees: bodies read through model_dump
+    SweepData = Body
+    SweepBase = Body
+    SweepGrid = Body
+else:
+    SweepData = create_model(
+        "SweepData",
+        __base__=_Optional,
+        __module__=__name__,
+        **{name: (t, None) for name, t in _fields(DataSpec).items()},
+    )
+    SweepBase = create_model(
+        "SweepBase",
+        __base__=_Optional,
+        __module__=__name__,
+        __doc__="Fields of POST /runs that every run of the sweep shares; all optional here.",
+        **{
+            name: (SweepData if name == "data" else t, None)
+            for name, t in _fields(RunCreate).items()
+        },
+    )
+    SweepGrid = create_model(
+        "SweepGrid",
+        __base__=_Grid,
+        __module__=__name__,
+        __doc__="Run field → the values to try. Nested data fields are `data.<name>`.",
+        **{name: (_values(t), None) for name, t in _fields(RunCreate).items() if name != "data"},
+        **{
+            f"data_{name}": (_values(t), Field(default=None, alias=f"data.{name}"))
+            for name, t in _fields(DataSpec).items()
+        },
+    )
 
 
 SWEEP_KEYS = tuple(f.alias or name for name, f in SweepGrid.model_fields.items())
