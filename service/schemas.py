@@ -116,21 +116,29 @@ class RunCreate(Body):
     )
 
 
-class RunConfig(BaseModel):
-    """A run's fully resolved configuration, seed included."""
+def _not_none(t: Any) -> Any:
+    """`T` for `T | None`; other types unchanged."""
+    if get_origin(t) in (Union, UnionType):
+        (t,) = [a for a in get_args(t) if a is not type(None)]
+    return t
 
-    model: ModelKind
-    hidden_size: int
-    epochs: int
-    learning_rate: float
-    batch_size: int
-    seed: int
-    device: Device
-    population: int
-    clip_grad_norm: float
-    lr_schedule: LRSchedule
-    restore_best: bool
-    data: DataSpec
+
+def _resolved(field: FieldInfo) -> Any:
+    """A run field as a stored run reports it: its plain type, never None (`seed`)."""
+    t = _not_none(field.annotation)
+    return get_args(t)[0] if get_origin(t) is Annotated else t
+
+
+if TYPE_CHECKING:
+    RunConfig = BaseModel
+else:
+    # RunCreate's fields, each required: the server filled in the defaults and the seed.
+    RunConfig = create_model(
+        "RunConfig",
+        __module__=__name__,
+        __doc__="A run's fully resolved configuration, seed included.",
+        **{name: (_resolved(f), ...) for name, f in RunCreate.model_fields.items()},
+    )
 
 
 class RunMetrics(BaseModel):
@@ -349,9 +357,7 @@ def _grid_schema_extra(schema: dict[str, Any]) -> None:
 def _value_type(field: FieldInfo) -> Any:
     """A run field's type with its bounds and validators, without `| None` (`seed`). The
     bounds come before the validators in pydantic's metadata, so the schema publishes them."""
-    t = field.annotation
-    if get_origin(t) in (Union, UnionType):
-        (t,) = [a for a in get_args(t) if a is not type(None)]
+    t = _not_none(field.annotation)
     return Annotated[t, *field.metadata] if field.metadata else t
 
 
