@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -555,27 +556,88 @@ def predict(model: nn.Module, sequences: Sequence[Any]) -> list[np.ndarray]:
 
 
 @dataclass
-class TrainResult:
-    model: nn.Module  # the kept member, a plain network
-    history: History
-    metrics: Evaluation
+class Prepared:
+    """What a run has before its first epoch: its device, data, members and training path."""
+
+    config: TrainConfig
     device: torch.device
+    splits: Splits
+    population: Population
+    path: str  # "fused" or "torch" (`models.paths`)
 
 
-def fit(
-    config: TrainConfig,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_report: Callable[[EpochReport], None] | None = None,
-) -> TrainResult:
-    """Build the data and the population from `config`, train, evaluate the kept member."""
+def prepare(config: TrainConfig, *, path: str = "auto") -> Prepared:
+    """Resolve the device, generate the data, build the population and pick the training
+    path ("auto": `models.chooser.choose_path` for this shape on this machine; the fused
+    kernels are the CPU's, so "fused" on another device is "torch")."""
+    from models.chooser import choose_path
+
+    if path != "auto" and path not in PATHS:
+        raise ValueError(f"path must be auto or one of {', '.join(PATHS)}; got {path!r}")
     device = resolve_device(config.device)
+    if path == "auto":
+        path = choose_path(
+            model=config.model,
+            hidden_size=config.hidden_size,
+            batch_size=config.batch_size,
+            population=config.population,
+            n_sequences=(config.n_sequences, config.n_sequences),
+            seq_len=config.seq_len,
+            device=device.type,
+        )
+    if path == "fused" and device.type != "cpu":
+        path = "torch"
     splits = make_splits(config.seed, config.n_sequences, config.seq_len, config.marker_probs)
     pop = build_population(
         config.model, seed=config.seed, size=config.population, n_hidden=config.hidden_size
     ).to(device)
+    return Prepared(config, device, splits, pop, path)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the kept member, a plain network
+    kept: int  # its index in the population
+    history: History
+    device: torch.device
+    test: Split
+
+    @functools.cached_property
+    def metrics(self) -> Evaluation:
+        """The kept member's scores on the test split (computed when first read)."""
+        return evaluate(self.model, self.test)
+
+
+def fit(
+    config: TrainConfig | Prepared,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_report: Callable[[EpochReport], None] | None = None,
+    *,
+    path: str = "auto",
+) -> TrainResult:
+    """Train a run from its config (or from `prepare`'s result): the one training entry point
+    of the worker, `rnnlab train` and the benchmarks.
+
+    The callbacks are `train`'s. The model is the kept member; a run stopped early keeps the
+    member with the lowest validation loss so far (the initial weights of member 0 if no
+    epoch ended)."""
+    run = config if isinstance(config, Prepared) else prepare(config, path=path)
+    pop = run.population
     history = train(
-        pop, splits, config, on_epoch=on_epoch, should_stop=should_stop, on_report=on_report
+        pop,
+        run.splits,
+        run.config,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+        on_report=on_report,
+        path=run.path,
     )
-    model = pop.member(0).to(device)
-    return TrainResult(model, history, evaluate(model, splits.test), device)
+    position = 0
+    if history.stopped and history.epochs_completed:
+        losses = [history.members[i].valid_loss for i in pop.indices]
+        position = min(
+            range(pop.size), key=lambda p: (math.inf if losses[p] is None else losses[p], p)
+        )
+    model = pop.member(position).to(run.device)
+    return TrainResult(model, pop.indices[position], history, run.device, run.splits.test)

@@ -162,11 +162,7 @@ def train(args: argparse.Namespace) -> int:
     # would only compete with them.
     models.kernels.set_threads(torch.get_num_threads())
     torch.set_num_threads(1)
-    device = models.resolve_device(cfg.device)
-    splits = models.make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
-    pop = models.build_population(
-        cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
-    ).to(device)
+    run = models.prepare(cfg)
     progress = epoch_progress(console)
     start = time.perf_counter()
     try:
@@ -187,29 +183,24 @@ def train(args: argparse.Namespace) -> int:
                     valid=f"{r.valid_loss:.3g}",
                 )
 
-            history = models.train(pop, splits, cfg, on_report=on_report, should_stop=should_stop)
+            result = models.fit(run, on_report=on_report, should_stop=should_stop)
     except FloatingPointError as e:
         console.print(f"[red]failed:[/red] {e}")
         return EXIT_FAILED
     finally:
         signal.signal(signal.SIGINT, previous)
     seconds = time.perf_counter() - start
+    history = result.history
     if history.epochs_completed == 0:
         console.print("[yellow]stopped before the first epoch ended: nothing to write[/yellow]")
         return EXIT_INTERRUPTED
-    position = 0
-    if history.stopped:  # interrupted: the best member so far is the model
-        position = min(
-            range(pop.size), key=lambda p: (history.members[pop.indices[p]].valid_loss, p)
-        )
-    model = pop.member(position)
-    metrics = models.evaluate(model, splits.test)
-    result: dict[str, Any] = {
+    model, metrics = result.model, result.metrics  # interrupted: the best member so far
+    report: dict[str, Any] = {
         "config": run_config.config_to_json(cfg),
         "epochs_completed": history.epochs_completed,
         "stopped": history.stopped,
         "seconds": round(seconds, 3),
-        "kept_member": pop.indices[position],
+        "kept_member": result.kept,
         "metrics": {
             "train_loss": history.train_loss[-1],
             "valid_loss": history.valid_loss[-1],
@@ -232,13 +223,13 @@ def train(args: argparse.Namespace) -> int:
         data = plots.draw_losses(epochs, history.train_loss, history.valid_loss, title, fmt)
         args.plot.write_bytes(data)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        m = result["metrics"]
+        m = report["metrics"]
         out = Console(soft_wrap=True)
         out.print(
             f"{'stopped' if history.stopped else 'trained'} {history.epochs_completed} epochs "
-            f"in {seconds:.1f} s (seed {cfg.seed}, kept member {result['kept_member']})"
+            f"in {seconds:.1f} s (seed {cfg.seed}, kept member {report['kept_member']})"
         )
         out.print(
             f"test MSE {m['test_mse']:.4g}, zero predictor {m['baseline_mse']:.4g}: "

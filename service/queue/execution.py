@@ -11,16 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
-from models import (
-    EpochReport,
-    TrainConfig,
-    build_population,
-    evaluate,
-    make_splits,
-    resolve_device,
-    train,
-)
-from models.chooser import choose_path
+from models import EpochReport, fit, prepare
 from service import metrics
 from service.db import Database
 from service.queue import lifecycle
@@ -186,19 +177,6 @@ def hold(
     return False
 
 
-def choose_path_for(cfg: TrainConfig, device: torch.device) -> str:
-    """The training path `models.chooser` picks for this run's shape on this machine."""
-    return choose_path(
-        model=cfg.model,
-        hidden_size=cfg.hidden_size,
-        batch_size=cfg.batch_size,
-        population=cfg.population,
-        n_sequences=(cfg.n_sequences, cfg.n_sequences),
-        seq_len=cfg.seq_len,
-        device=device.type,
-    )
-
-
 def checkpoint_bytes(model: torch.nn.Module, *, kind: str, run_id: str) -> bytes:
     """The model's state_dict as safetensors, tensor names unchanged."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -246,15 +224,8 @@ def _execute(
 ) -> str:
     try:
         cfg = config_from_json(claim.config)
-        device = resolve_device(cfg.device)
-        path = train_path if train_path != "auto" else choose_path_for(cfg, device)
-        if path == "fused" and device.type != "cpu":
-            path = "torch"  # the fused kernels are the CPU's; RNNLAB_TRAIN_PATH is a preference
-        lifecycle.set_device(db, claim, str(device), train_path=path)
-        splits = make_splits(cfg.seed, cfg.n_sequences, cfg.seq_len, cfg.marker_probs)
-        pop = build_population(
-            cfg.model, seed=cfg.seed, size=cfg.population, n_hidden=cfg.hidden_size
-        ).to(device)
+        run = prepare(cfg, path=train_path)
+        lifecycle.set_device(db, claim, str(run.device), train_path=run.path)
 
         stopwatch = metrics.Stopwatch()
         reported = [0]
@@ -282,7 +253,8 @@ def _execute(
             return writer.cancel or writer.lost or beat.lost or should_stop()
 
         with _Heartbeat(db, claim, heartbeat_interval_s) as beat, _EpochWriter(db, claim) as writer:
-            history = train(pop, splits, cfg, on_report=on_report, should_stop=stop_now, path=path)
+            result = fit(run, on_report=on_report, should_stop=stop_now)
+        history = result.history
         cancel = writer.cancel
         if beat.lost or writer.lost:
             raise LostClaim(f"run {claim.run_id} was taken away while training")
@@ -292,13 +264,11 @@ def _execute(
                 return "cancelled"
             lifecycle.requeue(db, claim)
             return "queued"
-        model = pop.member(0)  # the kept member: the run's model from here on
-        scores = evaluate(model, splits.test)
         lifecycle.finish_succeeded(
             db,
             claim,
-            metrics=scores.to_dict(),
-            checkpoint=checkpoint_bytes(model, kind=cfg.model, run_id=claim.run_id),
+            metrics=result.metrics.to_dict(),
+            checkpoint=checkpoint_bytes(result.model, kind=cfg.model, run_id=claim.run_id),
             members=[m.to_dict() for m in history.members],
         )
         return "succeeded"
