@@ -14,7 +14,7 @@ from service.deps import CacheDep, DbDep, QueueDep, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.problems import not_found
 from service.reports import plots
-from service.runs import events
+from service.runs import events, export
 from service.runs import store as runs
 from service.schemas import Losses, MemberRead, ModelKind, RunCreate, RunList, RunRead
 from service.tables import RunStatus
@@ -186,4 +186,29 @@ def read_checkpoint(session: SessionDep, run_id: str) -> Response:
         content=data,
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{run_id}.safetensors"'},
+    )
+
+
+@router.get(
+    "/{run_id}/model.onnx",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "ONNX model (opset 17): input `x` float32 [batch, time, 2] (value, "
+            "marker), output `y` float32 [batch, time, 1], the output at every step; no "
+            "lengths input (docs/export.md)",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **error_responses(404, 409),
+    },
+)
+def read_onnx(session: SessionDep, run_id: str) -> Response:
+    """Download a succeeded run's trained network as an ONNX model, for any ONNX runtime."""
+    data = export.run_onnx(session=session, run_id=run_id)
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}.onnx"'},
     )
