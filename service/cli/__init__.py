@@ -1,5 +1,5 @@
-"""The `rnnlab` command: serve (API + local workers), worker, migrate; train, predict and
-runs watch."""
+"""The `rnnlab` command: serve (API + local workers), worker, migrate; train, predict, export
+and runs watch."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="safetensors file of a run")
     p.add_argument("--input", type=Path, help="read the sequences here instead of stdin")
     p.set_defaults(func=train.predict)
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint file's network as an ONNX model",
+        description="Writes the ONNX model GET /runs/{id}/model.onnx serves (opset 17; input x "
+        "[batch, time, 2], output y [batch, time, 1]) for a checkpoint file of rnnlab train "
+        "or GET /runs/{id}/checkpoint. Exit status: 0 written, 2 unreadable checkpoint or output.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="safetensors file of a run")
+    p.add_argument("--onnx", type=Path, required=True, help="write the ONNX model here")
+    p.set_defaults(func=train.export)
     p = sub.add_parser("runs", help="runs on a server")
     runs_sub = p.add_subparsers(dest="runs_command", required=True)
     p = runs_sub.add_parser(

@@ -1,4 +1,5 @@
-"""`rnnlab train` and `rnnlab predict`: the service's work in a terminal, without a server.
+"""`rnnlab train`, `rnnlab predict` and `rnnlab export`: the service's work in a terminal,
+without a server.
 
 `train` takes the options of `POST /runs`, generated from the same schema (`RunCreate`), with
 the same defaults and the same validation (the schema, then this machine's limits from
@@ -279,4 +280,33 @@ def predict(args: argparse.Namespace) -> int:
             console.print(f"[red]error:[/red] {problem['msg']}")
         return EXIT_USAGE
     sys.stdout.write(json.dumps({"outputs": outputs}) + "\n")
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace) -> int:
+    """An ONNX file from a checkpoint file: the bytes GET /runs/{id}/model.onnx gives."""
+    from safetensors import safe_open
+
+    from models.export import onnx_bytes
+    from service.predict.inference import load_model
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        data = args.checkpoint.read_bytes()
+    except OSError as e:
+        console.print(f"[red]error:[/red] cannot read {args.checkpoint}: {e.strerror or e}")
+        return EXIT_USAGE
+    try:
+        with safe_open(str(args.checkpoint), framework="pt") as f:
+            meta = f.metadata() or {}
+        model = load_model(data, kind=meta["model"], hidden_size=int(meta["n_hidden"]))
+    except Exception as e:  # safetensors' own errors, a missing key, a shape mismatch
+        console.print(f"[red]error:[/red] {args.checkpoint}: not an rnnlab checkpoint ({e})")
+        return EXIT_USAGE
+    try:
+        args.onnx.write_bytes(onnx_bytes(model))
+    except OSError as e:
+        console.print(f"[red]error:[/red] cannot write {args.onnx}: {e.strerror or e}")
+        return EXIT_USAGE
+    Console(soft_wrap=True).print(f"ONNX model: {args.onnx}")
     return EXIT_OK

@@ -1,17 +1,23 @@
-"""GET /runs/{id}/model.onnx: the ONNX file of a run, what it computes (POST /predict's
-numbers), its cache, its errors, a population's kept member."""
+"""GET /runs/{id}/model.onnx and `rnnlab export`: the ONNX file of a run, what it computes
+(POST /predict's numbers), its cache, its errors, a population's kept member."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from service.runs import export
 from tests.support.app import problem, submit, train_now
+from tests.support.processes import CLI, clean_env
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -135,3 +141,43 @@ def test_a_population_run_exports_its_kept_member(client: TestClient) -> None:
     np.testing.assert_array_equal(weights["lstm_W"][0], np.concatenate([i, o, f, g]))
     np.testing.assert_array_equal(weights["readout_W"], stored["fc.weight"].numpy().T)
     assert_matches_predict(client, run_id, data, seed=21)
+
+
+# --- rnnlab export ----------------------------------------------------------------------
+
+
+def rnnlab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=300, env=clean_env()
+    )
+
+
+@pytest.mark.subprocess
+def test_cli_writes_the_routes_file_and_refuses_bad_checkpoints(
+    client: TestClient, tmp_path: Path
+) -> None:
+    run_id = submit(client, model="elman", hidden_size=4)
+    train_now(client)
+    ckpt, out = tmp_path / "w.safetensors", tmp_path / "m.onnx"
+    ckpt.write_bytes(client.get(f"/runs/{run_id}/checkpoint").content)
+    done = rnnlab("export", "--checkpoint", str(ckpt), "--onnx", str(out))
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    assert out.read_bytes() == client.get(f"/runs/{run_id}/model.onnx").content
+
+    (tmp_path / "junk").write_bytes(b"junk")
+    notes = tmp_path / "notes.safetensors"  # safetensors, but not an rnnlab network
+    save_file({"w": torch.zeros(2)}, str(notes))
+    for path, says in (
+        (tmp_path / "missing.safetensors", "cannot read"),
+        (tmp_path / "junk", "not an rnnlab checkpoint"),
+        (notes, "not an rnnlab checkpoint"),
+    ):
+        bad = rnnlab("export", "--checkpoint", str(path), "--onnx", str(tmp_path / "x.onnx"))
+        assert bad.returncode == 2, bad.stderr
+        assert says in bad.stderr and str(path) in bad.stderr
+        assert "Traceback" not in bad.stderr
+        assert not (tmp_path / "x.onnx").exists()
+    bad = rnnlab("export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx"))
+    assert bad.returncode == 2 and "cannot write" in bad.stderr
+    assert "Traceback" not in bad.stderr
