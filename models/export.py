@@ -32,7 +32,7 @@ from torch import nn
 from models.networks import ElmanRNN, LSTMModel
 
 OPSET = 17  # the default ONNX domain's version the graph is written for
-IR_VERSION = 8  # the file format version opset 17 needs (onnxruntime reads it from 1.10 on)
+IR_VERSION = 8  # the oldest file format opset 17 allows, for older runtimes' sake
 INPUT, OUTPUT = "x", "y"
 BATCH, TIME = "batch", "time"  # the symbolic dimensions of the input and the output
 

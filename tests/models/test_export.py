@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 import models
 from models import build_model, build_population
 from models.export import BATCH, INPUT, OPSET, OUTPUT, TIME, onnx_bytes, to_onnx
-
-ort = pytest.importorskip("onnxruntime")
 
 KINDS = ("elman", "lstm")
 HIDDEN = (1, 2, 16, 64)

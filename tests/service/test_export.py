@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -18,8 +19,6 @@ from safetensors.torch import save_file
 from service.runs import export
 from tests.support.app import problem, submit, train_now
 from tests.support.processes import CLI, clean_env
-
-ort = pytest.importorskip("onnxruntime")
 
 ATOL = 1e-5
 
