@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__, health, limits, metrics, openapi, problems, security
 from service import db as database
 from service.predict import endpoints as predict
+from service.predict import oip_endpoints
 from service.predict.inference import ModelCache
 from service.queue import lifecycle
 from service.queue.backend import queue_for
@@ -163,8 +164,21 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["Location", "Retry-After", "WWW-Authenticate"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Last-Event-ID",
+                "Inference-Header-Content-Length",  # the OIP's binary tensors
+            ],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "WWW-Authenticate",
+                "Inference-Header-Content-Length",
+            ],
             max_age=600,
         )
+    oip_endpoints.install(
+        app
+    )  # the Open Inference Protocol: its routes, its error shape (outermost)
     return app

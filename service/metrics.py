@@ -68,7 +68,7 @@ def init(settings: Settings, *, owner: bool) -> None:
         ),
         predict_seconds=prometheus_client.Histogram(
             "rnnlab_predict_duration_seconds",
-            "Server time of POST /predict requests that succeeded",
+            "Server time of prediction requests that succeeded (POST /predict, /v2 inference)",
             buckets=seconds,
         ),
         requests=prometheus_client.Counter(

@@ -28,7 +28,9 @@ from service import problems
 log = logging.getLogger("rnnlab.api")
 COOKIE = "rnnlab_key"
 SCHEME = "bearerAuth"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/"}
+)
 OPEN_PREFIXES = ("/docs-assets/", "/static/")
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 

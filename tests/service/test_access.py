@@ -29,13 +29,17 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def unauthorised(r, *, invalid: bool) -> dict:
+def unauthorised(r, *, invalid: bool) -> str:
+    """The 401 `r`, checked; its message (problem+json's detail; under /v2 the Open Inference
+    Protocol's {"error": ...})."""
     assert r.status_code == 401, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
+    v2 = r.request.url.path.startswith("/v2")
+    kind = "application/json" if v2 else "application/problem+json"
+    assert r.headers["content-type"].startswith(kind)
     challenge = r.headers["www-authenticate"]
     assert challenge.startswith("Bearer")
     assert ('error="invalid_token"' in challenge) is invalid
-    return r.json()
+    return r.json()["error" if v2 else "detail"]
 
 
 def test_every_data_route_needs_a_key(locked: TestClient) -> None:
@@ -45,8 +49,9 @@ def test_every_data_route_needs_a_key(locked: TestClient) -> None:
             continue
         for method in item:
             url = path.replace("{run_id}", "abc").replace("{fmt}", "svg")
-            body = unauthorised(locked.request(method.upper(), url), invalid=False)
-            assert "Authorization: Bearer" in body["detail"]
+            url = url.replace("{version}", "1")
+            message = unauthorised(locked.request(method.upper(), url), invalid=False)
+            assert "Authorization: Bearer" in message
     unauthorised(locked.get("/metrics"), invalid=False)
     unauthorised(locked.get("/runs", headers=bearer("wrong")), invalid=True)
     unauthorised(locked.get("/runs", headers={"Authorization": "Basic YWxwaGE6"}), invalid=True)
@@ -108,7 +113,7 @@ def test_the_schema_asks_for_the_key_exactly_where_it_is_needed(
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
     for path, item in spec["paths"].items():
         for op in item.values():
-            if path in ("/healthz", "/readyz"):
+            if is_open(path):
                 assert "security" not in op and "401" not in op["responses"]
             else:
                 assert op["security"] == [{"bearerAuth": []}], path
@@ -156,6 +161,18 @@ def test_cors_is_off_by_default_and_follows_the_setting(tmp_path: Path, client: 
         assert refused.headers["access-control-allow-origin"] == "https://lab.example.org"
         other = c.options("/runs", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+        # A browser client of the Open Inference Protocol sends and reads the binary header.
+        binary = {
+            **preflight,
+            "Access-Control-Request-Headers": "authorization, inference-header-content-length",
+        }
+        r = c.options(f"/v2/models/{'0' * 32}/infer", headers=binary)
+        assert r.status_code == 200
+        allowed = r.headers["access-control-allow-headers"].lower()
+        assert "inference-header-content-length" in allowed
+        answer = c.get("/v2/health/live", headers={"Origin": "https://lab.example.org"})
+        exposed = answer.headers["access-control-expose-headers"].lower()
+        assert "inference-header-content-length" in exposed
 
 
 def test_an_open_server_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,11 +2,12 @@
 
 The server runs with API keys and small limits (published in its schema, so the fuzzer
 respects them and the runs it starts train in a blink), one local worker, and one trained run
-whose id /predict and the plots are given, so those operations get past 404. What must hold:
-no 5xx, every response as the schema says (status, headers, body, content type), no
-schema-valid request rejected (but for the two 422s the schema documents in words: see
-fuzz/hooks.py), invalid requests rejected, every error problem+json, the key required where
-the schema says, deleted runs gone (use_after_free), created runs readable.
+whose id /predict, the plots and the /v2 models are given, so those operations get past 404.
+What must hold: no 5xx, every response as the schema says (status, headers, body, content
+type), no schema-valid request rejected (but for the 422s, and the 400 of /v2's inference, that
+the schema documents in words: see fuzz/hooks.py), invalid requests rejected, every error
+problem+json (under /v2 the Open Inference Protocol's {"error": ...}, as the schema says), the
+key required where the schema says, deleted runs gone (use_after_free), created runs readable.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ parameters = {{ "body.run_id" = "{run_id}" }}
 
 [[operations]]
 include-path-regex = "^/runs/[{{]run_id[}}]/plots/"
+parameters = {{ "path.run_id" = "{run_id}" }}
+
+[[operations]]
+include-path-regex = "^/v2/models/"
 parameters = {{ "path.run_id" = "{run_id}" }}
 
 [[operations]]
