@@ -97,6 +97,10 @@ class OIPTensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int] = Field(description="-1: any size")
+    parameters: dict[str, str | bool] = Field(
+        description="what the tensor holds (`description`) and whether an input may be left out "
+        "(`optional`)"
+    )
 
 
 class OIPModelMetadata(BaseModel):
@@ -234,10 +238,38 @@ def model_metadata(model: Model) -> OIPModelMetadata:
         versions=[MODEL_VERSION],
         platform=f"rnnlab_{model.kind}",
         inputs=[
-            OIPTensorMetadata(name=INPUT, datatype="FP32", shape=[-1, -1, 2]),
-            OIPTensorMetadata(name=LENGTHS, datatype="INT64", shape=[-1]),
+            OIPTensorMetadata(
+                name=INPUT,
+                datatype="FP32",
+                shape=[-1, -1, 2],
+                parameters={
+                    "optional": False,
+                    "description": "[batch, steps, 2]: per step a value in [-1, 1] and a "
+                    "marker in {-1, 0, 1}",
+                },
+            ),
+            OIPTensorMetadata(
+                name=LENGTHS,
+                datatype="INT64",
+                shape=[-1],
+                parameters={
+                    "optional": True,
+                    "description": "each sequence's length in a batch padded to the longest "
+                    "(left out: every sequence has all the steps)",
+                },
+            ),
         ],
-        outputs=[OIPTensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, -1, 1])],
+        outputs=[
+            OIPTensorMetadata(
+                name=OUTPUT,
+                datatype="FP32",
+                shape=[-1, -1, 1],
+                parameters={
+                    "description": "the network's output at every step, as POST /predict "
+                    "gives it; 0 past each sequence's length",
+                },
+            )
+        ],
     )
 
 

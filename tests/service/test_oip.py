@@ -163,6 +163,7 @@ def test_model_metadata_and_its_one_version(lab: Lab) -> None:
     c = lab.client
     for run_id, platform in ((lab.lstm, "rnnlab_lstm"), (lab.elman, "rnnlab_elman")):
         meta = c.get(f"/v2/models/{run_id}").json()
+        described = {t["name"]: t.pop("parameters") for t in meta["inputs"] + meta["outputs"]}
         assert meta == {
             "name": run_id,
             "versions": ["1"],
@@ -173,6 +174,11 @@ def test_model_metadata_and_its_one_version(lab: Lab) -> None:
             ],
             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, -1, 1]}],
         }
+        # The metadata says which input may be left out, and what comes past a length.
+        assert described["x"]["optional"] is False and described["lengths"]["optional"] is True
+        assert "0 past each sequence's length" in described["y"]["description"]
+        assert "marker" in described["x"]["description"]
+        meta = c.get(f"/v2/models/{run_id}").json()
         assert c.get(f"/v2/models/{run_id}/versions/1").json() == meta
     # A run's interface is known before it has weights.
     assert c.get(f"/v2/models/{lab.queued}").json()["platform"] == "rnnlab_lstm"
