@@ -16,7 +16,7 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from service.problems import ProblemError
 from service.schemas import DataSpec, PredictRequest, RunCreate
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -246,9 +249,7 @@ def train(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Outputs for sequences read as JSON, from a checkpoint file: the numbers /predict gives."""
-    from safetensors import safe_open
-
-    from service.predict.inference import load_model, predict_outputs
+    from service.predict.inference import predict_outputs
 
     console = Console(stderr=True, soft_wrap=True)
     try:
@@ -265,13 +266,8 @@ def predict(args: argparse.Namespace) -> int:
             loc = ".".join(str(x) for x in err["loc"])
             console.print(f"[red]error:[/red] {loc}: {err['msg']}")
         return EXIT_USAGE
-    try:
-        with safe_open(str(args.checkpoint), framework="pt") as f:
-            meta = f.metadata() or {}
-        data = args.checkpoint.read_bytes()
-        model = load_model(data, kind=meta["model"], hidden_size=int(meta["n_hidden"]))
-    except Exception as e:  # safetensors' own errors, a missing key, a shape mismatch
-        console.print(f"[red]error:[/red] {args.checkpoint}: not an rnnlab checkpoint ({e})")
+    model = _load_checkpoint(args.checkpoint, console)
+    if model is None:
         return EXIT_USAGE
     try:
         outputs = predict_outputs(model, req.sequences)
@@ -283,25 +279,34 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def export(args: argparse.Namespace) -> int:
-    """An ONNX file from a checkpoint file: the bytes GET /runs/{id}/model.onnx gives."""
+def _load_checkpoint(path: Path, console: Console) -> torch.nn.Module | None:
+    """The network in a checkpoint file (`rnnlab train --checkpoint`, GET /runs/{id}/checkpoint),
+    or None once the reason it cannot be read was printed."""
     from safetensors import safe_open
 
-    from models.export import onnx_bytes
     from service.predict.inference import load_model
 
-    console = Console(stderr=True, soft_wrap=True)
     try:
-        data = args.checkpoint.read_bytes()
+        data = path.read_bytes()
     except OSError as e:
-        console.print(f"[red]error:[/red] cannot read {args.checkpoint}: {e.strerror or e}")
-        return EXIT_USAGE
+        console.print(f"[red]error:[/red] cannot read {path}: {e.strerror or e}")
+        return None
     try:
-        with safe_open(str(args.checkpoint), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        model = load_model(data, kind=meta["model"], hidden_size=int(meta["n_hidden"]))
+        return load_model(data, kind=meta["model"], hidden_size=int(meta["n_hidden"]))
     except Exception as e:  # safetensors' own errors, a missing key, a shape mismatch
-        console.print(f"[red]error:[/red] {args.checkpoint}: not an rnnlab checkpoint ({e})")
+        console.print(f"[red]error:[/red] {path}: not an rnnlab checkpoint ({e})")
+        return None
+
+
+def export(args: argparse.Namespace) -> int:
+    """An ONNX file from a checkpoint file: the bytes GET /runs/{id}/model.onnx gives."""
+    from models.export import onnx_bytes
+
+    console = Console(stderr=True, soft_wrap=True)
+    model = _load_checkpoint(args.checkpoint, console)
+    if model is None:
         return EXIT_USAGE
     try:
         args.onnx.write_bytes(onnx_bytes(model))
