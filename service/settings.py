@@ -134,7 +134,9 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    def torch_threads(self) -> int:
+    def worker_threads(self) -> int:
+        """Threads each worker runs rnnlab's own work in (RNNLAB_THREADS_PER_WORKER, else its
+        share of the cores); torch's own thread team stays at one."""
         if self.threads_per_worker:
             return self.threads_per_worker
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))

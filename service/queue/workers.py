@@ -68,7 +68,7 @@ def configure_threads(settings: Settings) -> None:
     from models import kernels
 
     torch.set_num_threads(1)
-    kernels.set_threads(settings.torch_threads())
+    kernels.set_threads(settings.worker_threads())
 
 
 def warm_up_models() -> None:
