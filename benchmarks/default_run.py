@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.predict_latency import _free_port, _process, _wait_ready
+from benchmarks.predict_latency import _process, _wait_ready
+from tests.support.servers import free_port
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rnnlab-default-run-") as tmp:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
         env.update(RNNLAB_DATA_DIR=tmp, RNNLAB_WORKERS="1", RNNLAB_LOG_LEVEL="warning")
         log = os.path.join(tmp, "server.log")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
+
+from tests.support.servers import free_port
 
 KINDS = ("elman", "lstm")
 
@@ -106,12 +107,6 @@ def create_eager_app() -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _process(cmd: list[str], env: dict[str, str], log_path: str) -> Iterator[subprocess.Popen]:
     with open(log_path, "wb") as log:
@@ -131,7 +126,7 @@ def _process(cmd: list[str], env: dict[str, str], log_path: str) -> Iterator[sub
 def serve_with_floor(env: dict[str, str], tmp: str) -> Iterator[tuple[str, str, str]]:
     """`rnnlab serve`, the floor and the naive eager server, each on a free port with its
     log in `tmp`, all ready; yields their base URLs."""
-    port, floor_port, eager_port = _free_port(), _free_port(), _free_port()
+    port, floor_port, eager_port = free_port(), free_port(), free_port()
     server_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
     app_cmd = [sys.executable, "-m", "uvicorn", "--factory", "--log-level", "warning"]
     floor_cmd = [*app_cmd, "benchmarks.predict_latency:create_floor_app"]
