@@ -178,7 +178,6 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
             ],
             max_age=600,
         )
-    oip_endpoints.install(
-        app
-    )  # the Open Inference Protocol: its routes, its error shape (outermost)
+    # The Open Inference Protocol: its routes and its error shape (outermost).
+    oip_endpoints.install(app)
     return app
