@@ -43,6 +43,37 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def accepted_responses(description: str, location: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a POST that queues work: 202 with its Location, 413, 422, and 429 with
+    Retry-After when the queue is full."""
+    return {
+        202: {
+            "description": description,
+            "headers": {"Location": {"description": location, "schema": {"type": "string"}}},
+        },
+        **error_responses(413, 422),
+        429: {
+            **error_responses(429)[429],
+            "headers": {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+            },
+        },
+    }
+
+
+def file_responses(description: str, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a file download (application/octet-stream) and its error codes."""
+    return {
+        200: {
+            "description": description,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **error_responses(*codes),
+    }
+
+
 RAW_BODY_MODELS = (PredictRequest,)
 _PROBLEM_CONTENT = {
     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}

@@ -11,7 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from service import pagination
 from service.deps import CacheDep, DbDep, QueueDep, SessionDep, SettingsDep
-from service.openapi import error_responses
+from service.openapi import accepted_responses, error_responses, file_responses
 from service.problems import not_found
 from service.reports import plots
 from service.runs import events, export
@@ -43,19 +43,7 @@ EVENT_ITEM_SCHEMA = {
     "",
     status_code=202,
     response_model=RunRead,
-    responses={
-        202: {
-            "description": "Accepted: queued for a worker",
-            "headers": {"Location": {"description": "/runs/{id}", "schema": {"type": "string"}}},
-        },
-        **error_responses(413, 422),
-        429: {
-            **error_responses(429)[429],
-            "headers": {
-                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
-            },
-        },
-    },
+    responses=accepted_responses("Accepted: queued for a worker", "/runs/{id}"),
 )
 def create_run(
     spec: RunCreate, db: DbDep, settings: SettingsDep, queue: QueueDep, response: Response
@@ -166,49 +154,38 @@ def cancel_run(db: DbDep, run_id: str) -> RunRead:
         return runs.to_read(runs.cancel_run(session=session, run_id=run_id))
 
 
+def _attachment(data: bytes, filename: str) -> Response:
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 @router.get(
     "/{run_id}/checkpoint",
     response_class=Response,
-    responses={
-        200: {
-            "description": "safetensors file; tensor names are the model's state_dict names",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        },
-        **error_responses(404, 409),
-    },
+    responses=file_responses(
+        "safetensors file; tensor names are the model's state_dict names", 404, 409
+    ),
 )
 def read_checkpoint(session: SessionDep, run_id: str) -> Response:
     """Download a succeeded run's trained weights (safetensors)."""
     data = runs.read_checkpoint(session=session, run_id=run_id)
-    return Response(
-        content=data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{run_id}.safetensors"'},
-    )
+    return _attachment(data, f"{run_id}.safetensors")
 
 
 @router.get(
     "/{run_id}/model.onnx",
     response_class=Response,
-    responses={
-        200: {
-            "description": "ONNX model (opset 17): input `x` float32 [batch, time, 2] (value, "
-            "marker), output `y` float32 [batch, time, 1], the output at every step; no "
-            "lengths input (docs/export.md)",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        },
-        **error_responses(404, 409),
-    },
+    responses=file_responses(
+        "ONNX model (opset 17): input `x` float32 [batch, time, 2] (value, marker), output "
+        "`y` float32 [batch, time, 1], the output at every step; no lengths input "
+        "(docs/export.md)",
+        404,
+        409,
+    ),
 )
 def read_onnx(session: SessionDep, run_id: str) -> Response:
     """Download a succeeded run's trained network as an ONNX model, for any ONNX runtime."""
-    data = export.run_onnx(session=session, run_id=run_id)
-    return Response(
-        content=data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{run_id}.onnx"'},
-    )
+    return _attachment(export.run_onnx(session=session, run_id=run_id), f"{run_id}.onnx")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from service import pagination
 from service.deps import DbDep, QueueDep, SessionDep, SettingsDep
-from service.openapi import error_responses
+from service.openapi import accepted_responses, error_responses
 from service.schemas import SweepCreate, SweepList, SweepRead
 from service.sweeps import store as sweeps
 
@@ -19,19 +19,7 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
     "",
     status_code=202,
     response_model=SweepRead,
-    responses={
-        202: {
-            "description": "Accepted: every run queued",
-            "headers": {"Location": {"description": "/sweeps/{id}", "schema": {"type": "string"}}},
-        },
-        **error_responses(413, 422),
-        429: {
-            **error_responses(429)[429],
-            "headers": {
-                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
-            },
-        },
-    },
+    responses=accepted_responses("Accepted: every run queued", "/sweeps/{id}"),
 )
 def create_sweep(
     spec: SweepCreate, db: DbDep, settings: SettingsDep, queue: QueueDep, response: Response
