@@ -24,7 +24,9 @@ from service import limits, security
 from service.schemas import PredictRequest, Problem
 from service.settings import Settings
 
-_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_PROBLEM_CONTENT = {
+    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -38,7 +40,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "Not ready",
     }
     return {
-        code: {"model": Problem, "description": text.get(code, "Error"), "content": _PROBLEM}
+        code: {
+            "model": Problem,
+            "description": text.get(code, "Error"),
+            "content": _PROBLEM_CONTENT,
+        }
         for code in codes
     }
 
@@ -75,9 +81,6 @@ def file_responses(description: str, *codes: int) -> dict[int | str, dict[str, A
 
 
 RAW_BODY_MODELS = (PredictRequest,)
-_PROBLEM_CONTENT = {
-    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-}
 BODY_422 = (
     "Invalid request: the offending fields are in `errors`. Also the answer to a body that "
     "is not JSON (malformed, not UTF-8: error type `json_invalid`) or not sent as "
