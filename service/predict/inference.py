@@ -86,19 +86,29 @@ def predict_outputs(
             for s in sequences
         ]
     outputs = predict(model, arrays)
+    bad = first_non_finite(outputs)
+    if bad is not None:
+        # JSON has no NaN or infinity: say where, instead of sending null or failing.
+        i, step, count = bad
+        raise invalid(
+            [
+                {
+                    "loc": ["body", "sequences", i, step],
+                    "msg": f"the model's output is not a finite number at this step "
+                    f"({count} steps of sequence {i}); inputs this large overflow the "
+                    "network's float32 arithmetic",
+                    "type": "non_finite_output",
+                }
+            ]
+        )
+    return [o[:, 0].astype(np.float64).tolist() for o in outputs]
+
+
+def first_non_finite(outputs: list[np.ndarray]) -> tuple[int, int, int] | None:
+    """(sequence, its first step, its number of steps) of the first sequence whose outputs
+    ([steps, 1] each) are not all finite; None when every output is."""
     for i, o in enumerate(outputs):
         bad = np.flatnonzero(~np.isfinite(o[:, 0]))
         if bad.size:
-            # JSON has no NaN or infinity: say where, instead of sending null or failing.
-            raise invalid(
-                [
-                    {
-                        "loc": ["body", "sequences", i, int(bad[0])],
-                        "msg": f"the model's output is not a finite number at this step "
-                        f"({bad.size} steps of sequence {i}); inputs this large overflow the "
-                        "network's float32 arithmetic",
-                        "type": "non_finite_output",
-                    }
-                ]
-            )
-    return [o[:, 0].astype(np.float64).tolist() for o in outputs]
+            return i, int(bad[0]), int(bad.size)
+    return None

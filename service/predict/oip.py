@@ -46,7 +46,7 @@ from pydantic import (
 import models
 from service import __version__, limits
 from service.db import Database
-from service.predict.inference import ModelCache
+from service.predict.inference import ModelCache, first_non_finite
 from service.problems import ProblemError
 from service.runs.store import get_run_or_404
 from service.schemas import FLOAT32_MAX, _json_integer
@@ -619,16 +619,17 @@ def infer(model: torch.nn.Module, request: Request, settings: Settings) -> np.nd
         raise ProtocolError(400, f"input 'x': {what} on this server") from e
     x, lengths = request.x, request.lengths
     outputs = models.predict(model, [x[i, :n] for i, n in enumerate(lengths.tolist())])
+    bad = first_non_finite(outputs)
+    if bad is not None:
+        i, step, count = bad
+        raise ProtocolError(
+            400,
+            f"output 'y' is not a finite number at sequence {i}, step {step} "
+            f"({count} steps of that sequence); inputs this large overflow the "
+            "network's float32 arithmetic",
+        )
     y = np.zeros((x.shape[0], x.shape[1], 1), dtype=np.float32)
     for i, (o, n) in enumerate(zip(outputs, lengths.tolist(), strict=True)):
-        bad = np.flatnonzero(~np.isfinite(o[:, 0]))
-        if bad.size:
-            raise ProtocolError(
-                400,
-                f"output 'y' is not a finite number at sequence {i}, step {int(bad[0])} "
-                f"({bad.size} steps of that sequence); inputs this large overflow the "
-                "network's float32 arithmetic",
-            )
         y[i, :n] = o
     return y
 
